@@ -1,11 +1,8 @@
-# -*- coding: utf-8 -*-
 # Copyright: Higgs.net node engineering
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Filters that check and derive node addresses for the roles' preflight."""
 
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
+from __future__ import annotations
 
 from ansible_collections.higgs.vpn.plugins.module_utils import _net
 

@@ -1,46 +1,16 @@
-# -*- coding: utf-8 -*-
 # Copyright: Higgs.net node engineering
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Render, read and fingerprint the client-traffic firewall of a node.
+"""Render the client-traffic policy of a node (forwarding, NAT, isolation).
 
-The firewall lives in objects the collection owns and nothing else:
-
-* nftables: one table ``inet <table>`` with its own base chains;
-* iptables: chains ``<table>_*`` in the filter and nat tables of iptables and
-  ip6tables, reached by one jump each from INPUT, FORWARD, nat PREROUTING and
-  nat POSTROUTING.
-
-Drift detection does not depend on how a given ``nft``/``iptables`` version
-prints rules: after every apply the live listing of the owned objects is
-hashed and stored beside the ruleset in the persisted file.  The firewall is
-in sync when the persisted ruleset equals the rendered one and the live
-listing still hashes to the stored value.
+Pure functions: the owned objects are applied and persisted by ``_owned``.
 """
 
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
-
-import hashlib
-import re
+from __future__ import annotations
 
 from ansible_collections.higgs.vpn.plugins.module_utils._net import collapse
+from ansible_collections.higgs.vpn.plugins.module_utils._owned import iptables_restore
 
-FINGERPRINT_PREFIX = "# higgs-vpn live-sha256: "
-JUMPS = (
-    # (table, builtin chain, owned chain suffix)
-    ("filter", "INPUT", "input"),
-    ("filter", "FORWARD", "forward"),
-    ("nat", "PREROUTING", "prerouting"),
-    ("nat", "POSTROUTING", "postrouting"),
-)
-IPT_CHAINS = {
-    "filter": ("input", "forward", "from_clients", "client", "to_clients"),
-    "nat": ("prerouting", "postrouting"),
-}
 FAMILIES = (("ipv4", 4), ("ipv6", 6))
-_COUNTER_RE = re.compile(r"counter packets \d+ bytes \d+")
-_IPT_COUNTS_RE = re.compile(r"\[\d+:\d+\]")
 
 
 class Policy:
@@ -151,151 +121,39 @@ def render_nft(policy):
     return "\n".join(lines) + "\n"
 
 
-def _chain(policy, suffix):
-    return "%s_%s" % (policy.table, suffix)
-
-
 def render_iptables(policy, ver):
-    """Rules of one family for ``iptables-restore --noflush``, without jumps."""
+    """Owned chains of one family, as ``iptables-restore --noflush`` text without jumps."""
     def c(suffix):
-        return _chain(policy, suffix)
+        return "%s_%s" % (policy.table, suffix)
 
-    out = []
-    filt = []
+    chains = {"input": [], "forward": [], "from_clients": [], "client": [], "to_clients": []}
     if policy.mss_clamp:
         clamp = "-p tcp -m tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu"
-        filt += ["-A %s %s" % (c("from_clients"), clamp), "-A %s %s" % (c("to_clients"), clamp)]
+        chains["from_clients"].append(clamp)
+        chains["to_clients"].append(clamp)
+    icmp = "icmp" if ver == 4 else "ipv6-icmp"
     for tun in policy.tunnels:
-        filt.append("-A %s -i %s -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT" % (c("input"), tun))
-        icmp = "icmp" if ver == 4 else "ipv6-icmp"
-        filt.append("-A %s -i %s -p %s -j ACCEPT" % (c("input"), tun, icmp))
-        for proto, port in policy.services:
-            filt.append("-A %s -i %s -p %s -m %s --dport %d -j ACCEPT" % (c("input"), tun, proto, proto, port))
-        filt.append("-A %s -i %s -j DROP" % (c("input"), tun))
-        filt.append("-A %s -i %s -j %s" % (c("forward"), tun, c("from_clients")))
-        filt.append("-A %s -o %s -j %s" % (c("forward"), tun, c("to_clients")))
-    for net in policy.clients[ver]:
-        filt.append("-A %s -s %s -j %s" % (c("from_clients"), net, c("client")))
-    filt.append("-A %s -j DROP" % c("from_clients"))
+        chains["input"] += ["-i %s -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT" % tun,
+                            "-i %s -p %s -j ACCEPT" % (tun, icmp)]
+        chains["input"] += ["-i %s -p %s -m %s --dport %d -j ACCEPT" % (tun, proto, proto, port)
+                            for proto, port in policy.services]
+        chains["input"].append("-i %s -j DROP" % tun)
+        chains["forward"] += ["-i %s -j %s" % (tun, c("from_clients")), "-o %s -j %s" % (tun, c("to_clients"))]
+    chains["from_clients"] += ["-s %s -j %s" % (net, c("client")) for net in policy.clients[ver]]
+    chains["from_clients"].append("-j DROP")
     if policy.client_to_client:
-        for tun in policy.tunnels:
-            for net in policy.clients[ver]:
-                filt.append("-A %s -d %s -o %s -j ACCEPT" % (c("client"), net, tun))
-    filt += ["-A %s -d %s -j ACCEPT" % (c("client"), net) for net in policy.allowed[ver]]
-    filt += ["-A %s -d %s -j DROP" % (c("client"), net) for net in policy.blocked[ver]]
+        chains["client"] += ["-d %s -o %s -j ACCEPT" % (net, tun)
+                             for tun in policy.tunnels for net in policy.clients[ver]]
+    chains["client"] += ["-d %s -j ACCEPT" % net for net in policy.allowed[ver]]
+    chains["client"] += ["-d %s -j DROP" % net for net in policy.blocked[ver]]
     spec = policy.egress.get(ver)
     if spec:
-        filt.append("-A %s -o %s -j ACCEPT" % (c("client"), spec["interface"]))
-    filt.append("-A %s -j DROP" % c("client"))
-    filt.append("-A %s -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT" % c("to_clients"))
-    filt.append("-A %s -j DROP" % c("to_clients"))
-    nat = []
+        chains["client"].append("-o %s -j ACCEPT" % spec["interface"])
+    chains["client"].append("-j DROP")
+    chains["to_clients"] += ["-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT", "-j DROP"]
+    nat = {"postrouting": []}
     if spec and policy.masquerade[ver]:
         action = "SNAT --to-source %s" % spec["snat"] if spec.get("snat") else "MASQUERADE"
-        for net in policy.clients[ver]:
-            nat.append("-A %s -s %s -o %s -j %s" % (c("postrouting"), net, spec["interface"], action))
-    for table, rules in (("filter", filt), ("nat", nat)):
-        out.append("*%s" % table)
-        out += [":%s - [0:0]" % c(s) for s in IPT_CHAINS[table]]
-        out += ["-F %s" % c(s) for s in IPT_CHAINS[table]]
-        out += rules
-        out.append("COMMIT")
-    return "\n".join(out) + "\n"
-
-
-def add_jumps(restore_text, table_prefix, missing):
-    """Insert ``-I`` lines for the jumps in ``missing`` before each COMMIT."""
-    out = []
-    current = None
-    for line in restore_text.splitlines():
-        if line.startswith("*"):
-            current = line[1:]
-        if line == "COMMIT":
-            for table, builtin, suffix in JUMPS:
-                if table == current and (table, builtin, suffix) in missing:
-                    out.append("-I %s 1 -j %s_%s" % (builtin, table_prefix, suffix))
-        out.append(line)
-    return "\n".join(out) + "\n"
-
-
-def removal_iptables(table_prefix, saved):
-    """Restore text that removes jumps and owned chains found in ``saved``."""
-    out = []
-    for table, chains in IPT_CHAINS.items():
-        owned = [
-            "%s_%s" % (table_prefix, s) for s in chains
-            if ":%s_%s " % (table_prefix, s) in saved.get(table, "")
-        ]
-        if not owned:
-            continue
-        out.append("*%s" % table)
-        for line in saved.get(table, "").splitlines():
-            parts = line.split()
-            if len(parts) == 4 and parts[0] == "-A" and parts[2] == "-j" and parts[3] in owned \
-                    and not parts[1].startswith(table_prefix + "_"):
-                out.append("-D %s -j %s" % (parts[1], parts[3]))
-        out += ["-F %s" % ch for ch in owned]
-        out += ["-X %s" % ch for ch in owned]
-        out.append("COMMIT")
-    return "\n".join(out) + "\n" if out else ""
-
-
-def missing_jumps(table_prefix, saved):
-    """Jumps from builtin chains to owned chains absent in ``saved``."""
-    missing = set()
-    for table, builtin, suffix in JUMPS:
-        jump = "-A %s -j %s_%s" % (builtin, table_prefix, suffix)
-        if jump not in saved.get(table, "").splitlines():
-            missing.add((table, builtin, suffix))
-    return missing
-
-
-def split_save(text):
-    """``iptables-save`` output as {table: text of that table}."""
-    tables = {}
-    current = None
-    for line in text.splitlines():
-        if line.startswith("*"):
-            current = line[1:]
-            tables[current] = []
-        elif current and not line.startswith("#"):
-            tables[current].append(line)
-    return {t: "\n".join(lines) + "\n" for t, lines in tables.items()}
-
-
-def owned_iptables(table_prefix, saved):
-    """The lines of ``iptables-save`` that belong to the owned chains."""
-    mark = table_prefix + "_"
-    keep = []
-    for table in sorted(saved):
-        for line in saved[table].splitlines():
-            parts = line.split()
-            if not parts:
-                continue
-            if parts[0].startswith(":" + mark):
-                keep.append("%s %s" % (table, _IPT_COUNTS_RE.sub("", line).strip()))
-            elif parts[0] == "-A" and (parts[1].startswith(mark) or mark in line.split("-j ")[-1]):
-                keep.append("%s %s" % (table, line))
-    return "\n".join(keep) + ("\n" if keep else "")
-
-
-def normalize_nft(listing):
-    """An ``nft list table`` listing without packet and byte counts."""
-    return _COUNTER_RE.sub("counter", listing)
-
-
-def fingerprint(text):
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def persisted(body, live):
-    """The persisted file: the live fingerprint line, then the ruleset."""
-    return FINGERPRINT_PREFIX + fingerprint(live) + "\n" + body
-
-
-def parse_persisted(text):
-    """(fingerprint, body) of a persisted file, (None, None) when unreadable."""
-    if not text or not text.startswith(FINGERPRINT_PREFIX):
-        return None, None
-    first, _, body = text.partition("\n")
-    return first[len(FINGERPRINT_PREFIX):], body
+        nat["postrouting"] = ["-s %s -o %s -j %s" % (net, spec["interface"], action)
+                              for net in policy.clients[ver]]
+    return iptables_restore(policy.table, {"filter": chains, "nat": nat})

@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright: Higgs.net node engineering
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Address and interface-name helpers shared by modules and filters.
@@ -6,9 +5,7 @@
 Pure functions only: no commands, no work at import time.
 """
 
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
+from __future__ import annotations
 
 import ipaddress
 import re

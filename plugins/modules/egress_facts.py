@@ -250,6 +250,7 @@ ansible_facts:
 import ipaddress
 
 from ansible.module_utils.basic import AnsibleModule
+
 from ansible_collections.higgs.vpn.plugins.module_utils import _iproute as iproute
 from ansible_collections.higgs.vpn.plugins.module_utils._net import ifname_error
 

@@ -1,11 +1,7 @@
-#!/usr/bin/python
-# -*- coding: utf-8 -*-
 # Copyright: Higgs.net node engineering
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
+from __future__ import annotations
 
 DOCUMENTATION = r"""
 ---
@@ -61,7 +57,7 @@ options:
     description:
       - Egress of IPv4 client traffic. Without it IPv4 from clients is not forwarded.
     type: dict
-    options:
+    suboptions:
       interface:
         description: Egress interface name.
         type: str
@@ -73,7 +69,7 @@ options:
     description:
       - Egress of IPv6 client traffic. Without it IPv6 from clients is not forwarded.
     type: dict
-    options:
+    suboptions:
       interface:
         description: Egress interface name.
         type: str
@@ -114,7 +110,7 @@ options:
     type: list
     elements: dict
     default: []
-    options:
+    suboptions:
       proto:
         description: Transport protocol.
         type: str
@@ -183,24 +179,20 @@ persisted:
 """
 
 import ipaddress
-import os
-import re
-import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
+
 from ansible_collections.higgs.vpn.plugins.module_utils import _firewall as fw
+from ansible_collections.higgs.vpn.plugins.module_utils import _owned
 from ansible_collections.higgs.vpn.plugins.module_utils._net import (
     cidr_errors,
     ifname_error,
     self_overlaps,
 )
 
-TABLE_RE = re.compile(r"^[a-z][a-z0-9_]{0,14}$")
-IPT = {4: ("iptables-save", "iptables-restore"), 6: ("ip6tables-save", "ip6tables-restore")}
-
 ARGUMENT_SPEC = dict(
     state=dict(type="str", choices=["present", "absent"], default="present"),
-    backend=dict(type="str", choices=["nftables", "iptables"], default="nftables"),
+    backend=dict(type="str", choices=list(_owned.BACKENDS), default="nftables"),
     table=dict(type="str", default="higgs_vpn"),
     tunnel_interfaces=dict(type="list", elements="str", default=["wg0"]),
     client_subnets=dict(type="list", elements="str", default=[]),
@@ -223,9 +215,9 @@ ARGUMENT_SPEC = dict(
 def validate(params):
     """Every problem with the parameters, each naming its option."""
     errors = []
-    if not TABLE_RE.match(params["table"]):
-        errors.append("table %r: use 1-15 lower-case letters, digits or _, starting with a letter"
-                      % params["table"])
+    why = _owned.name_error(params["table"])
+    if why:
+        errors.append("table %r: %s" % (params["table"], why))
     if params["state"] == "absent":
         return errors
     if not params["tunnel_interfaces"]:
@@ -264,163 +256,12 @@ def validate(params):
     return errors
 
 
-def run(module, argv, data=None, ok_rc=(0,)):
-    rc, out, err = module.run_command(argv, data=data, binary_data=True,
-                                      environ_update={"LANG": "C", "LC_ALL": "C"})
-    if rc not in ok_rc:
-        module.fail_json(msg="%s failed: %s" % (" ".join(argv[:3]), err.strip() or out.strip()),
-                         rc=rc, stdout=out, stderr=err, cmd=argv)
-    return rc, out, err
-
-
-def read_file(path):
-    try:
-        with open(path) as handle:
-            return handle.read()
-    except FileNotFoundError:
-        return None
-
-
-def write_file(module, path, text):
-    directory = os.path.dirname(path)
-    if not os.path.isdir(directory):
-        os.makedirs(directory, mode=0o700)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".higgs-")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.chmod(tmp, 0o600)
-    module.atomic_move(tmp, path)
-
-
-def remove_file(path):
-    if os.path.exists(path):
-        os.unlink(path)
-
-
-def remove_empty_dir(path):
-    """Remove the persist directory the module created, once it holds nothing."""
-    if os.path.isdir(path) and not os.listdir(path):
-        os.rmdir(path)
-
-
-class Nftables:
-    """The nftables backend: one ``inet`` table."""
-
-    def __init__(self, module, table, persist_dir):
-        self.module = module
-        self.table = table
-        self.nft = module.get_bin_path("nft", required=module.params["state"] == "present")
-        self.paths = {"nftables": os.path.join(persist_dir, table + ".nft")}
-
-    def live(self):
-        if self.nft is None:
-            return {}
-        rc, out, err = run(self.module, [self.nft, "list", "table", "inet", self.table], ok_rc=(0, 1))
-        if rc == 1:
-            if "No such file or directory" in err:
-                return {}
-            self.module.fail_json(msg="nft list table failed: %s" % err.strip(), rc=rc, stderr=err)
-        return {"nftables": fw.normalize_nft(out)}
-
-    def apply(self, rendered, live):
-        run(self.module, [self.nft, "-f", "-"], data=rendered["nftables"])
-        return self.live()
-
-    def remove(self, live):
-        if live:
-            run(self.module, [self.nft, "delete", "table", "inet", self.table])
-
-
-class Iptables:
-    """The iptables backend: owned chains in filter and nat, both families."""
-
-    def __init__(self, module, table, persist_dir):
-        self.module = module
-        self.table = table
-        required = module.params["state"] == "present"
-        self.bins = {
-            v: (module.get_bin_path(s, required=required), module.get_bin_path(r, required=required))
-            for v, (s, r) in IPT.items()
-        }
-        self.paths = {
-            "ipv%d" % v: os.path.join(persist_dir, "%s.ipv%d.rules" % (table, v)) for v in IPT
-        }
-        # iptables-nft creates a builtin chain (an nftables base chain) when a
-        # jump is first added to it; those the module caused are recorded here
-        # and deleted again on removal, so the nftables view is restored too.
-        self.created_path = os.path.join(persist_dir, "%s.created-chains" % table)
-        self.nft = module.get_bin_path("nft")
-
-    def saved(self, ver):
-        _rc, out, _err = run(self.module, [self.bins[ver][0], "-t", "filter"])
-        _rc, nat, _err = run(self.module, [self.bins[ver][0], "-t", "nat"])
-        return fw.split_save(out + nat)
-
-    def live(self):
-        result = {}
-        if None in self.bins[4] + self.bins[6]:
-            return result
-        for ver in IPT:
-            owned = fw.owned_iptables(self.table, self.saved(ver))
-            if owned:
-                result["ipv%d" % ver] = owned
-        return result
-
-    def nft_chain_exists(self, ver, table, chain):
-        family = "ip" if ver == 4 else "ip6"
-        rc, _out, _err = run(self.module, [self.nft, "list", "chain", family, table, chain], ok_rc=(0, 1))
-        return rc == 0
-
-    def created_chains(self):
-        text = read_file(self.created_path) or ""
-        return sorted({tuple(line.split()) for line in text.splitlines() if len(line.split()) == 3})
-
-    def apply(self, rendered, live):
-        created = set(self.created_chains())
-        for ver in IPT:
-            body = rendered["ipv%d" % ver]
-            missing = fw.missing_jumps(self.table, self.saved(ver))
-            if self.nft:
-                created |= {
-                    ("ipv%d" % ver, table, builtin) for table, builtin, _s in missing
-                    if not self.nft_chain_exists(ver, table, builtin)
-                }
-            text = fw.add_jumps(strip_jumps(body, self.table), self.table, missing)
-            run(self.module, [self.bins[ver][1], "-w", "--noflush"], data=text)
-        if created:
-            write_file(self.module, self.created_path, "".join("%s %s %s\n" % c for c in sorted(created)))
-        return self.live()
-
-    def remove(self, live):
-        for ver in IPT:
-            text = fw.removal_iptables(self.table, self.saved(ver))
-            if text:
-                run(self.module, [self.bins[ver][1], "-w", "--noflush"], data=text)
-        iptables = {4: "iptables", 6: "ip6tables"}
-        for fam, table, chain in self.created_chains():
-            ver = int(fam[-1])
-            binary = self.module.get_bin_path(iptables[ver], required=True)
-            _rc, rules, _err = run(self.module, [binary, "-w", "-t", table, "-S", chain])
-            if all(line.startswith("-P ") for line in rules.splitlines()):
-                run(self.module, [binary, "-w", "-t", table, "-X", chain])
-        remove_file(self.created_path)
-
-
-def strip_jumps(body, table):
-    """The persisted body carries every jump (for boot); live apply adds only missing ones."""
-    marks = tuple("-I %s 1 -j %s_%s" % (b, table, s) for _t, b, s in fw.JUMPS)
-    return "\n".join(line for line in body.splitlines() if line not in marks) + "\n"
-
-
 def render(params):
+    """The ruleset to persist, per backend file."""
     policy = fw.Policy(params)
     if params["backend"] == "nftables":
         return {"nftables": fw.render_nft(policy)}
-    every = set(fw.JUMPS)
-    return {
-        "ipv%d" % v: fw.add_jumps(fw.render_iptables(policy, v), params["table"], every)
-        for v in IPT
-    }
+    return _owned.for_jumps({"ipv%d" % v: fw.render_iptables(policy, v) for v in (4, 6)}, params["table"])
 
 
 def main():
@@ -429,37 +270,11 @@ def main():
     errors = validate(params)
     if errors:
         module.fail_json(msg="invalid firewall policy: " + "; ".join(errors), errors=errors)
-
-    cls = Nftables if params["backend"] == "nftables" else Iptables
-    backend = cls(module, params["table"], params["persist_dir"])
-    live = backend.live()
-    stored = {key: read_file(path) for key, path in backend.paths.items()}
-    result = dict(changed=False, persisted=sorted(backend.paths.values()))
-
-    if params["state"] == "absent":
-        result["changed"] = bool(live) or any(v is not None for v in stored.values())
-        if module._diff:
-            result["diff"] = dict(before="".join(live.values()), after="")
-        if result["changed"] and not module.check_mode:
-            backend.remove(live)
-            for path in backend.paths.values():
-                remove_file(path)
-            remove_empty_dir(params["persist_dir"])
-        module.exit_json(**result)
-
-    rendered = render(params)
-    result["ruleset"] = rendered
-    in_sync = all(
-        fw.parse_persisted(stored[key]) == (fw.fingerprint(live.get(key, "")), rendered[key])
-        for key in rendered
-    )
-    result["changed"] = not in_sync
-    if module._diff:
-        result["diff"] = dict(before="".join(live.values()), after="".join(rendered.values()))
-    if result["changed"] and not module.check_mode:
-        after = backend.apply(rendered, live)
-        for key, path in backend.paths.items():
-            write_file(module, path, fw.persisted(rendered[key], after.get(key, "")))
+    rendered = render(params) if params["state"] == "present" else None
+    result = _owned.sync(module, params["backend"], params["table"], params["persist_dir"],
+                         rendered, params["state"])
+    if rendered is not None:
+        result["ruleset"] = rendered
     module.exit_json(**result)
 
 

@@ -1,11 +1,7 @@
-#!/usr/bin/python
-# -*- coding: utf-8 -*-
 # Copyright: Higgs.net node engineering
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
+from __future__ import annotations
 
 DOCUMENTATION = r"""
 ---
@@ -18,8 +14,8 @@ description:
   - The value each parameter had before the file was first written is recorded in the
     file, and restored live when O(state=absent) removes the file, so removal leaves
     the kernel as it was found.
-  - Only C(net.*) parameters are accepted: they are per network namespace, so a node
-    in a container never changes its host.
+  - Only C(net.*) parameters are accepted, because they are per network namespace and
+    so a node in a container never changes its host.
   - Interface parameters name the interface as sysctl.conf does, a dot inside the
     name written as C(/) (C(net.ipv4.conf.eth0/100.forwarding)). A parameter of an
     interface that does not exist yet is written to the file and applied by the
@@ -119,6 +115,16 @@ def parse_previous(text):
     return previous
 
 
+def restorations(previous, keys):
+    """Live changes that put ``keys`` back to the values recorded before."""
+    changes = {}
+    for key in sorted(keys):
+        now = read_live(key)
+        if now is not None and previous[key] not in ("absent", now):
+            changes[key] = dict(before=now, after=previous[key])
+    return changes
+
+
 def render(settings, previous):
     lines = [HEADER]
     lines += ["# previous %s = %s" % (k, previous[k]) for k in sorted(previous)]
@@ -151,10 +157,7 @@ def main():
     pending = []
 
     if module.params["state"] == "absent":
-        for key, value in sorted(previous.items()):
-            now = read_live(key)
-            if now is not None and value != "absent" and now != value:
-                live_changes[key] = dict(before=now, after=value)
+        live_changes = restorations(previous, previous)
         changed = current_text is not None
         desired_text = ""
     else:
@@ -166,11 +169,10 @@ def main():
                 pending.append(key)
             elif now != settings[key]:
                 live_changes[key] = dict(before=now, after=settings[key])
-        # keys dropped from settings: restore them as well
-        for key in sorted(set(previous) - set(settings)):
-            now = read_live(key)
-            if now is not None and previous[key] != "absent" and now != previous[key]:
-                live_changes[key] = dict(before=now, after=previous[key])
+        # parameters dropped from settings go back to their recorded values
+        dropped = set(previous) - set(settings)
+        live_changes.update(restorations(previous, dropped))
+        for key in dropped:
             del previous[key]
         desired_text = render(settings, previous)
         changed = desired_text != current_text

@@ -5,7 +5,7 @@ import socket
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802 (http.server API)
+    def do_GET(self):
         peer = self.client_address[0].removeprefix("::ffff:")
         body = f"{peer}\n".encode()
         print(f"peer={peer} path={self.path}", flush=True)

@@ -14,6 +14,7 @@ import pytest
 import yaml
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.testing import patch_module_args
+
 from ansible_collections.higgs.vpn.plugins.module_utils import _iproute as iproute
 from ansible_collections.higgs.vpn.plugins.modules import egress_facts
 
