@@ -1,0 +1,170 @@
+"""The owned-objects engine (_owned): rendering helpers and sync() against a fake kernel."""
+
+from __future__ import annotations
+
+import pytest
+
+from ansible_collections.higgs.vpn.plugins.module_utils import _owned
+
+SAVED_FILTER = """\
+*filter
+:INPUT ACCEPT [10:20]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+:DOCKER-USER - [0:0]
+:higgs_vpn_forward - [3:180]
+:higgs_vpn_input - [0:0]
+-A FORWARD -j higgs_vpn_forward
+-A FORWARD -j DOCKER-USER
+-A INPUT -j higgs_vpn_input
+-A DOCKER-USER -j RETURN
+-A higgs_vpn_forward -i wg0 -j ACCEPT
+COMMIT
+"""
+
+
+def test_iptables_restore_declares_jump_targets_even_when_empty():
+    text = _owned.iptables_restore("t", {"filter": {"forward": ["-j ACCEPT"]}})
+    assert ":t_input - [0:0]" in text and ":t_prerouting - [0:0]" in text
+    assert "-F t_forward" in text and "-A t_forward -j ACCEPT" in text
+    assert text.count("COMMIT") == 2
+
+
+def test_jumps_added_then_stripped_round_trip():
+    base = _owned.iptables_restore("t", {})
+    full = _owned.add_jumps(base, "t", set(_owned.JUMPS))
+    assert "-I FORWARD 1 -j t_forward" in full and "-I PREROUTING 1 -j t_prerouting" in full
+    assert _owned.strip_jumps(full, "t") == base
+
+
+def test_owned_lines_and_missing_jumps_from_iptables_save():
+    saved = _owned.split_save(SAVED_FILTER)
+    owned = _owned.owned_lines("higgs_vpn", saved)
+    assert "filter :higgs_vpn_forward -" in owned  # counters dropped
+    assert "DOCKER-USER" not in owned
+    assert "filter -A FORWARD -j higgs_vpn_forward" in owned
+    assert _owned.missing_jumps("higgs_vpn", saved) == {
+        ("nat", "PREROUTING", "prerouting"), ("nat", "POSTROUTING", "postrouting")}
+
+
+def test_removal_deletes_only_owned_chains_and_jumps():
+    text = _owned.removal_text("higgs_vpn", _owned.split_save(SAVED_FILTER))
+    assert "-D FORWARD -j higgs_vpn_forward" in text and "-D INPUT -j higgs_vpn_input" in text
+    assert "-X higgs_vpn_forward" in text and "-X higgs_vpn_input" in text
+    assert "DOCKER-USER" not in text
+
+
+def test_persisted_round_trip_and_unreadable_files():
+    text = _owned.persisted("body\n", "live")
+    assert _owned.parse_persisted(text) == (_owned.fingerprint("live"), "body\n")
+    assert _owned.parse_persisted("table inet x {}\n") == (None, None)
+    assert _owned.parse_persisted(None) == (None, None)
+
+
+def test_counters_do_not_count_as_drift():
+    assert _owned.normalize_nft("counter packets 12 bytes 3400 accept") == "counter accept"
+
+
+@pytest.mark.parametrize("name,ok", [("higgs_vpn", True), ("a", True), ("Higgs", False),
+                                     ("with-dash", False), ("x" * 16, False), ("1abc", False)])
+def test_owned_names(name, ok):
+    assert (_owned.name_error(name) is None) is ok
+
+
+class Kernel:
+    """An nftables stand-in: holds one table listing, as nft would print it."""
+
+    def __init__(self):
+        self.listing = None
+        self.applied = 0
+
+    def run(self, argv, data=None, **_kwargs):
+        if argv[1:3] == ["list", "table"]:
+            if self.listing is None:
+                return 1, "", "Error: No such file or directory"
+            return 0, self.listing, ""
+        if argv[1:] == ["-f", "-"]:
+            self.applied += 1
+            body = data.split("\n", 2)[2]  # what the kernel keeps: the table itself
+            self.listing = body.replace("accept", "counter packets 0 bytes 0 accept")
+            return 0, "", ""
+        if argv[1] == "delete":
+            self.listing = None
+            return 0, "", ""
+        raise AssertionError(argv)
+
+
+class FakeModule:
+    def __init__(self, kernel, check_mode=False):
+        self.kernel = kernel
+        self.check_mode = check_mode
+        self._diff = True
+
+    def get_bin_path(self, name, required=False):
+        return "/usr/sbin/" + name
+
+    def run_command(self, argv, **kwargs):
+        return self.kernel.run(argv, **kwargs)
+
+    def atomic_move(self, src, dest):
+        import os
+        os.replace(src, dest)
+
+    def fail_json(self, **kwargs):
+        raise AssertionError(kwargs)
+
+
+RULESET = {"nftables": "table inet t\ndelete table inet t\ntable inet t {\n\tchain c { accept }\n}\n"}
+
+
+def sync(kernel, tmp_path, rendered=RULESET, state="present", check_mode=False):
+    module = FakeModule(kernel, check_mode)
+    return _owned.sync(module, "nftables", "t", str(tmp_path / "fw"), rendered, state)
+
+
+def test_first_apply_then_no_change(tmp_path):
+    kernel = Kernel()
+    assert sync(kernel, tmp_path)["changed"] is True
+    assert kernel.applied == 1
+    assert sync(kernel, tmp_path)["changed"] is False
+    assert kernel.applied == 1
+
+
+def test_check_mode_predicts_without_applying(tmp_path):
+    kernel = Kernel()
+    result = sync(kernel, tmp_path, check_mode=True)
+    assert result["changed"] is True and kernel.applied == 0
+    assert not (tmp_path / "fw").exists()
+    assert "chain c" in result["diff"]["after"]
+
+
+def test_drift_by_hand_is_repaired(tmp_path):
+    kernel = Kernel()
+    sync(kernel, tmp_path)
+    kernel.listing = kernel.listing.replace("accept", "drop")
+    assert sync(kernel, tmp_path)["changed"] is True
+    assert "drop" not in kernel.listing
+
+
+def test_lost_ruleset_is_reapplied(tmp_path):
+    kernel = Kernel()
+    sync(kernel, tmp_path)
+    kernel.listing = None
+    assert sync(kernel, tmp_path)["changed"] is True
+    assert kernel.listing is not None
+
+
+def test_changed_policy_is_applied(tmp_path):
+    kernel = Kernel()
+    sync(kernel, tmp_path)
+    other = {"nftables": RULESET["nftables"].replace("chain c", "chain d")}
+    assert sync(kernel, tmp_path, other)["changed"] is True
+    assert "chain d" in kernel.listing
+
+
+def test_absent_removes_table_file_and_empty_dir(tmp_path):
+    kernel = Kernel()
+    sync(kernel, tmp_path)
+    assert sync(kernel, tmp_path, None, "absent")["changed"] is True
+    assert kernel.listing is None and not (tmp_path / "fw").exists()
+    assert sync(kernel, tmp_path, None, "absent")["changed"] is False
