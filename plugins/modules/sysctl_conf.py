@@ -16,6 +16,10 @@ description:
     the kernel as it was found.
   - Only C(net.*) parameters are accepted, because they are per network namespace and
     so a node in a container never changes its host.
+  - Live values are set in the order of O(settings) and restored in the reverse
+    order, so that for example C(accept_ra=2) can be set before forwarding is
+    switched on (switching it on purges router-advertised default routes of every
+    interface whose C(accept_ra) is not 2).
   - Interface parameters name the interface as sysctl.conf does, a dot inside the
     name written as C(/) (C(net.ipv4.conf.eth0/100.forwarding)). A parameter of an
     interface that does not exist yet is written to the file and applied by the
@@ -118,7 +122,7 @@ def parse_previous(text):
 def restorations(previous, keys):
     """Live changes that put ``keys`` back to the values recorded before."""
     changes = {}
-    for key in sorted(keys):
+    for key in reversed([k for k in previous if k in keys]):
         now = read_live(key)
         if now is not None and previous[key] not in ("absent", now):
             changes[key] = dict(before=now, after=previous[key])
@@ -127,8 +131,8 @@ def restorations(previous, keys):
 
 def render(settings, previous):
     lines = [HEADER]
-    lines += ["# previous %s = %s" % (k, previous[k]) for k in sorted(previous)]
-    lines += ["%s = %s" % (k, settings[k]) for k in sorted(settings)]
+    lines += ["# previous %s = %s" % (k, previous[k]) for k in previous]
+    lines += ["%s = %s" % (k, settings[k]) for k in settings]
     return "\n".join(lines) + "\n"
 
 
@@ -161,7 +165,7 @@ def main():
         changed = current_text is not None
         desired_text = ""
     else:
-        for key in sorted(settings):
+        for key in settings:
             now = read_live(key)
             if key not in previous:
                 previous[key] = now if now is not None else "absent"
@@ -183,7 +187,7 @@ def main():
         result["diff"] = dict(before=current_text or "", after=desired_text,
                               before_header=path, after_header=path)
     if changed and not module.check_mode:
-        for key, change in sorted(live_changes.items()):
+        for key, change in live_changes.items():
             write_live(module, key, change["after"])
         if module.params["state"] == "absent":
             os.unlink(path)

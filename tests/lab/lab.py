@@ -15,6 +15,7 @@ Topology comes from the molecule platforms; each platform may carry::
       - {to: default, via: 10.41.0.254}
     lab_addresses: [203.0.113.10/32]       # extra addresses on lo
     lab_http: true                         # HTTP server logging peers
+    lab_radvd: fd00:46::/64                # router advertisements on eth0
 
 Every network is ``--internal``: nothing in the lab reaches outside the host.
 """
@@ -138,21 +139,28 @@ def networks_of(scenario: str, platforms: list[dict]) -> dict[str, dict]:
 
 
 def lab_units(plat: dict) -> dict[str, str]:
-    """systemd units that set the lab's addresses and routes at every boot."""
-    cmds = []
+    """systemd units that set the lab's addresses and routes at every boot.
+
+    Docker gives every container an IPv6 default route via the host's bridge,
+    even on internal networks, and does not isolate IPv6 between bridges: that
+    route is removed, so IPv6 leaves a container only where the lab says.
+    """
+    cmds = ["-/usr/sbin/ip -6 route flush root ::/0 proto boot"]
+    if plat.get("lab_radvd"):
+        cmds.append("/usr/sbin/sysctl -w net.ipv6.conf.all.forwarding=1")
     for addr in plat.get("lab_addresses") or []:
         cmds.append(f"/usr/sbin/ip addr replace {addr} dev lo")
     for route in plat.get("lab_routes") or []:
         fam = "-6" if ":" in route["via"] else "-4"
         cmds.append(f"/usr/sbin/ip {fam} route replace {route['to']} via {route['via']}")
-    units = {}
-    if cmds:
-        lines = "\n".join(f"ExecStart={c}" for c in cmds)
-        units["lab-net.service"] = (
+    lines = "\n".join(f"ExecStart={c}" for c in cmds)
+    units = {
+        "lab-net.service": (
             "[Unit]\nDescription=Lab addresses and routes\nAfter=network.target\n"
             "[Service]\nType=oneshot\nRemainAfterExit=yes\n"
             f"{lines}\n[Install]\nWantedBy=multi-user.target\n"
         )
+    }
     if plat.get("lab_http"):
         units["lab-http.service"] = (
             "[Unit]\nDescription=Lab HTTP server (logs every peer address)\n"
@@ -161,6 +169,15 @@ def lab_units(plat: dict) -> dict[str, str]:
             "Restart=always\n[Install]\nWantedBy=multi-user.target\n"
         )
     return units
+
+
+def radvd_conf(plat: dict) -> str:
+    """Router advertisements (short default-route lifetime, SLAAC prefix) on eth0."""
+    return (
+        "interface eth0 {\n  AdvSendAdvert on;\n  MinRtrAdvInterval 3;\n  MaxRtrAdvInterval 4;\n"
+        "  AdvDefaultLifetime 12;\n"
+        f"  prefix {plat['lab_radvd']} {{ AdvOnLink on; AdvAutonomous on; }};\n}};\n"
+    )
 
 
 def create(scenario: str, platforms: list[dict]) -> list[dict]:
@@ -178,7 +195,8 @@ def create(scenario: str, platforms: list[dict]) -> list[dict]:
         image = plat.get("lab_image", "higgs-lab:bookworm")
         nets = list((plat.get("lab_networks") or {}).items())
         run = ["create", "--name", name, "--hostname", name,
-               "--label", f"{LABEL}.scenario={scenario}", *RUN_FLAGS]
+               "--label", f"{LABEL}.scenario={scenario}",
+               "--label", f"{LABEL}.groups={','.join(plat.get('groups') or [])}", *RUN_FLAGS]
         if nets:
             first, addrs = nets[0]
             run += ["--network", f"{scenario}-{first}", *addr_flags(addrs)]
@@ -232,13 +250,16 @@ def install_units(name: str, plat: dict) -> None:
            "until systemctl is-system-running --quiet 2>/dev/null; do "
            "case $(systemctl is-system-running 2>/dev/null) in degraded) break;; esac; sleep 0.2; done")
     units = lab_units(plat)
-    if not units:
-        return
+    if plat.get("lab_radvd"):
+        docker("exec", "-i", name, "sh", "-c", "cat > /etc/radvd.conf", stdin=radvd_conf(plat).encode())
+        units["radvd.service"] = None
     if "lab-http.service" in units:
         docker("exec", "-i", name, "sh", "-c",
                "mkdir -p /usr/local/lib/lab && cat > /usr/local/lib/lab/httpd.py",
                stdin=(HERE / "httpd.py").read_bytes())
     for unit, text in units.items():
+        if text is None:  # a packaged unit
+            continue
         docker("exec", "-i", name, "sh", "-c", f"cat > /etc/systemd/system/{unit}",
                stdin=text.encode())
     docker("exec", name, "systemctl", "daemon-reload")
