@@ -23,7 +23,7 @@ description:
     of the live listing, so drift (rules changed or removed by hand, a lost ruleset)
     is detected and repaired on the next run, and a boot unit can restore it.
 author:
-  - Higgs.net node engineering
+  - Higgs.net node engineering (!UNKNOWN)
 options:
   state:
     description: Whether the owned table/chains should exist.
@@ -124,12 +124,15 @@ options:
     description: Directory of the persisted rulesets read by the boot units.
     type: path
     default: /etc/higgs-vpn/firewall
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
     support: full
   diff_mode:
     support: full
   platform:
+    support: full
     platforms: posix
 notes:
   - Rendering is validated before anything changes; invalid interface names or

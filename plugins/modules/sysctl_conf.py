@@ -25,7 +25,7 @@ description:
     interface that does not exist yet is written to the file and applied by the
     kernel's defaults when it appears; it is reported in RV(pending).
 author:
-  - Higgs.net node engineering
+  - Higgs.net node engineering (!UNKNOWN)
 options:
   path:
     description: The sysctl.d file the module owns.
@@ -40,12 +40,15 @@ options:
     type: str
     choices: [present, absent]
     default: present
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
     support: full
   diff_mode:
     support: full
   platform:
+    support: full
     platforms: posix
 """
 
@@ -165,14 +168,14 @@ def main():
         changed = current_text is not None
         desired_text = ""
     else:
-        for key in settings:
+        for key, value in settings.items():
             now = read_live(key)
             if key not in previous:
                 previous[key] = now if now is not None else "absent"
             if now is None:
                 pending.append(key)
-            elif now != settings[key]:
-                live_changes[key] = dict(before=now, after=settings[key])
+            elif now != value:
+                live_changes[key] = dict(before=now, after=value)
         # parameters dropped from settings go back to their recorded values
         dropped = set(previous) - set(settings)
         live_changes.update(restorations(previous, dropped))

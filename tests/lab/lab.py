@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Container lab for higgs.vpn: base images, networks and systemd containers.
 
 Used by the molecule create/destroy playbooks and by the lab fleet.  It drives

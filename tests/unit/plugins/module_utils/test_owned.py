@@ -117,7 +117,9 @@ class FakeModule:
 RULESET = {"nftables": "table inet t\ndelete table inet t\ntable inet t {\n\tchain c { accept }\n}\n"}
 
 
-def sync(kernel, tmp_path, rendered=RULESET, state="present", check_mode=False):
+def sync(kernel, tmp_path, rendered=None, state="present", check_mode=False):
+    if rendered is None and state == "present":
+        rendered = RULESET
     module = FakeModule(kernel, check_mode)
     return _owned.sync(module, "nftables", "t", str(tmp_path / "fw"), rendered, state)
 

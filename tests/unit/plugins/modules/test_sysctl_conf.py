@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.testing import patch_module_args
@@ -25,10 +27,16 @@ def proc(tmp_path, monkeypatch):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(value + "\n")
 
+    def exit_json(self, **kwargs):
+        raise Done(kwargs)
+
+    def fail_json(self, **kwargs):
+        raise Done(dict(kwargs, failed=True))
+
     monkeypatch.setattr(sysctl_conf, "proc_path", proc_path)
-    monkeypatch.setattr(AnsibleModule, "exit_json", lambda self, **kw: (_ for _ in ()).throw(Done(kw)))
-    monkeypatch.setattr(AnsibleModule, "fail_json", lambda self, **kw: (_ for _ in ()).throw(Done(dict(kw, failed=True))))
-    setval.read = lambda key: open(proc_path(key)).read().strip()
+    monkeypatch.setattr(AnsibleModule, "exit_json", exit_json)
+    monkeypatch.setattr(AnsibleModule, "fail_json", fail_json)
+    setval.read = lambda key: Path(proc_path(key)).read_text().strip()
     return setval
 
 
@@ -49,7 +57,7 @@ def test_apply_records_previous_values_and_restores_them(proc, tmp_path):
     assert first["pending"] == ["net.ipv4.conf.wg0.forwarding"]
     assert proc.read("net.ipv4.ip_forward") == "1"
     assert proc.read("net.ipv4.conf.eth0/100.forwarding") == "1"
-    text = open(conf).read()
+    text = Path(conf).read_text()
     assert "# previous net.ipv4.ip_forward = 0" in text
     assert "net.ipv4.conf.eth0/100.forwarding = 1" in text
 
@@ -69,7 +77,7 @@ def test_live_drift_is_repaired_and_first_value_is_kept(proc, tmp_path):
     proc("net.ipv6.conf.all.forwarding", "0")
     again = run({"path": conf, "settings": {"net.ipv6.conf.all.forwarding": 1}})
     assert again["changed"] is True and again["live_changes"]
-    assert "# previous net.ipv6.conf.all.forwarding = 0" in open(conf).read()
+    assert "# previous net.ipv6.conf.all.forwarding = 0" in Path(conf).read_text()
 
 
 def test_dropped_setting_is_restored(proc, tmp_path):
@@ -79,7 +87,7 @@ def test_dropped_setting_is_restored(proc, tmp_path):
     run({"path": conf, "settings": {"net.ipv4.ip_forward": 1, "net.ipv6.conf.all.forwarding": 1}})
     run({"path": conf, "settings": {"net.ipv4.ip_forward": 1}})
     assert proc.read("net.ipv6.conf.all.forwarding") == "0"
-    assert "ipv6" not in open(conf).read()
+    assert "ipv6" not in Path(conf).read_text()
 
 
 def test_check_mode_changes_nothing(proc, tmp_path):
