@@ -28,7 +28,7 @@ description:
     M(higgs.vpn.firewall) family (C(higgs-vpn-nft@<table>), C(higgs-vpn-iptables@<table>))
     restore it.
 author:
-  - Higgs.net node engineering
+  - Higgs.net node engineering (!UNKNOWN)
 options:
   state:
     description: Whether the owned table/chains should exist.
@@ -85,7 +85,7 @@ attributes:
     platforms: posix
 notes:
   - Redirected DNS arrives at the node itself, so the node's input filter must let
-    clients reach port 53 (the default of the M(higgs.vpn.firewall) O(node_services)).
+    clients reach port 53 (the default of the M(higgs.vpn.firewall) O(higgs.vpn.firewall#module:node_services)).
   - Only traffic arriving on O(tunnel_interfaces) is affected; the node's own DNS and
     the upstream queries of its resolver are not.
 """
