@@ -1,0 +1,279 @@
+"""Connector configuration: a JSON file, checked completely before anything starts.
+
+Every problem is reported at once, each naming the key and the fix; the
+daemon then exits with EX_CONFIG (78), which its unit does not restart.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import json
+import os
+import uuid
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+EX_CONFIG = 78
+EX_UNAVAILABLE = 69
+NAT_TYPES = ("FullCone", "RestrictedCone", "PortRestricted", "Symmetric")
+
+
+class ConfigError(ValueError):
+    """Bad configuration; ``problems`` lists every finding."""
+
+    def __init__(self, problems):
+        self.problems = list(problems)
+        super().__init__("; ".join(self.problems))
+
+
+@dataclass(frozen=True)
+class Relay:
+    name: str          # host:port, used as the metrics label
+    api: str           # http(s)://host:port/base  (REST base)
+    ws: str            # ws(s)://host:port/base     (WebSocket base)
+    tls: bool
+
+
+@dataclass
+class Config:
+    node_id: str
+    relays: list
+    relay_mode: str = "failover"
+    token_file: str = ""
+    token: str = ""
+    ca_file: str = ""
+    wireguard_host: str = "127.0.0.1"
+    wireguard_port: int = 51820
+    public_key: str = ""
+    network: dict = field(default_factory=dict)
+    capabilities: dict = field(default_factory=dict)
+    location: dict = field(default_factory=dict)
+    heartbeat_interval: float = 30.0
+    metrics_interval: float = 60.0
+    reregister_interval: float = 300.0
+    ping_interval: float = 10.0
+    ping_timeout: float = 10.0
+    connect_timeout: float = 10.0
+    backoff_base: float = 0.5
+    backoff_cap: float = 30.0
+    stable_after: float = 10.0
+    batch: bool = True
+    batch_max_count: int = 32
+    batch_max_bytes: int = 16384
+    queue_size: int = 2048
+    max_sessions: int = 256
+    session_idle: float = 180.0
+    socket_buffer: int = 1 << 20
+    write_buffer: int = 256 << 10
+    burst: int = 64
+    listen: str = "127.0.0.1:9477"
+    uvloop: bool = True
+    log_level: str = "info"
+
+
+def parse_relay(url: str) -> Relay:
+    """A relay base URL: http(s):// (REST; WebSocket on the same port) or ws(s)://."""
+    if not isinstance(url, str) or not url.strip():
+        raise ValueError("is empty")
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https", "ws", "wss"):
+        raise ValueError("must start with http://, https://, ws:// or wss://")
+    if not parts.hostname:
+        raise ValueError("has no host")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError("must not carry a query, fragment or credentials")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError("has an invalid port") from None
+    tls = scheme in ("https", "wss")
+    port = port or (443 if tls else 80)
+    host = parts.hostname
+    netloc = "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
+    base = parts.path.rstrip("/")
+    return Relay(name=netloc, api="%s://%s%s" % ("https" if tls else "http", netloc, base),
+                 ws="%s://%s%s" % ("wss" if tls else "ws", netloc, base), tls=tls)
+
+
+def _number(raw, key, problems, low, high, kind=float):
+    value = raw.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+        problems.append("%s must be a%s number, not %r" % (key, "n integer" if kind is int else "", value))
+        return None
+    if not low <= value <= high:
+        problems.append("%s must be between %s and %s, not %s" % (key, low, high, value))
+        return None
+    return kind(value)
+
+
+NUMBERS = {
+    # key: (low, high, type)
+    "wireguard_port": (1, 65535, int),
+    "heartbeat_interval": (5, 3600, float),
+    "metrics_interval": (5, 3600, float),
+    "reregister_interval": (30, 86400, float),
+    "ping_interval": (1, 300, float),
+    "ping_timeout": (1, 300, float),
+    "connect_timeout": (1, 120, float),
+    "backoff_base": (0.05, 60, float),
+    "backoff_cap": (0.1, 3600, float),
+    "stable_after": (0, 3600, float),
+    "batch_max_count": (1, 99, int),
+    "batch_max_bytes": (1500, 1 << 20, int),
+    "queue_size": (16, 1 << 20, int),
+    "max_sessions": (1, 65536, int),
+    "session_idle": (10, 86400, float),
+    "socket_buffer": (1 << 16, 64 << 20, int),
+    "write_buffer": (1 << 14, 64 << 20, int),
+    "burst": (1, 4096, int),
+}
+KNOWN = set(NUMBERS) | {
+    "node_id", "relays", "relay_mode", "token_file", "ca_file", "wireguard_host", "public_key",
+    "network", "capabilities", "location", "batch", "listen", "uvloop", "log_level",
+}
+
+
+def validate(raw) -> Config:
+    """A Config from a decoded JSON object, or ConfigError with every problem."""
+    if not isinstance(raw, dict):
+        raise ConfigError(["the configuration must be a JSON object"])
+    problems = []
+    unknown = sorted(set(raw) - KNOWN)
+    if unknown:
+        problems.append("unknown keys %s (check the spelling)" % ", ".join(unknown))
+
+    node_id = raw.get("node_id")
+    try:
+        parsed = uuid.UUID(str(node_id))
+        if str(parsed) != str(node_id).lower():
+            raise ValueError
+        node_id = str(parsed)
+    except ValueError:
+        problems.append("node_id %r is not a UUID (8-4-4-4-12 hex digits, e.g. from `uuidgen`)" % (node_id,))
+
+    relays = []
+    given = raw.get("relays")
+    if not isinstance(given, list) or not given:
+        problems.append("relays must be a non-empty list of relay URLs such as https://relay.example.net")
+        given = []
+    for index, url in enumerate(given):
+        try:
+            relays.append(parse_relay(url))
+        except ValueError as exc:
+            problems.append("relays[%d] %r is not a valid relay URL: it %s" % (index, url, exc))
+    names = [r.name for r in relays]
+    if len(set(names)) != len(names):
+        problems.append("relays lists the same relay twice")
+
+    mode = raw.get("relay_mode", "failover")
+    if mode not in ("failover", "all"):
+        problems.append("relay_mode must be failover or all, not %r" % (mode,))
+
+    values = {}
+    for key, (low, high, kind) in NUMBERS.items():
+        value = _number(raw, key, problems, low, high, kind)
+        if value is not None:
+            values[key] = value
+    for key in ("batch", "uvloop"):
+        if key in raw and not isinstance(raw[key], bool):
+            problems.append("%s must be true or false, not %r" % (key, raw[key]))
+        elif key in raw:
+            values[key] = raw[key]
+
+    token = ""
+    token_file = raw.get("token_file") or ""
+    if token_file:
+        token_file = os.path.expandvars(str(token_file))
+        try:
+            with open(token_file, encoding="utf-8") as handle:
+                token = handle.read().strip()
+            if not token:
+                problems.append("token_file %s is empty" % token_file)
+        except OSError as exc:
+            problems.append("token_file %s cannot be read (%s); create it or remove token_file"
+                            % (token_file, exc.strerror or exc))
+    ca_file = raw.get("ca_file") or ""
+    if ca_file and not os.path.isfile(ca_file):
+        problems.append("ca_file %s does not exist; give a PEM bundle or leave it empty for the system CAs" % ca_file)
+
+    public_key = raw.get("public_key") or ""
+    if public_key:
+        try:
+            if len(base64.b64decode(public_key, validate=True)) != 32:
+                raise ValueError
+        except (ValueError, binascii.Error):
+            problems.append("public_key is not a WireGuard key (44 characters of base64, see `wg pubkey`)")
+
+    host = raw.get("wireguard_host", "127.0.0.1")
+    try:
+        if not ipaddress.ip_address(host).is_loopback:
+            problems.append("wireguard_host %s is not a loopback address; the connector only talks to a local WireGuard"
+                            % host)
+    except ValueError:
+        problems.append("wireguard_host %r is not an IP address" % (host,))
+
+    listen = raw.get("listen", "127.0.0.1:9477")
+    if listen:
+        try:
+            _split_hostport(listen)
+        except ValueError:
+            problems.append("listen %r must be address:port, e.g. 127.0.0.1:9477 (or empty to disable)" % (listen,))
+
+    location = raw.get("location") or {}
+    if not isinstance(location, dict):
+        problems.append("location must be an object with country, region, coordinates")
+        location = {}
+    country = location.get("country", "ZZ")
+    if not (isinstance(country, str) and len(country) == 2 and country.isalpha()):
+        problems.append("location.country must be a two-letter country code, not %r" % (country,))
+    network = raw.get("network") or {}
+    if not isinstance(network, dict):
+        problems.append("network must be an object")
+        network = {}
+    if network.get("nat_type", "FullCone") not in NAT_TYPES:
+        problems.append("network.nat_type must be one of %s" % ", ".join(NAT_TYPES))
+    capabilities = raw.get("capabilities") or {}
+    if not isinstance(capabilities, dict):
+        problems.append("capabilities must be an object")
+        capabilities = {}
+    if int(capabilities.get("max_connections", 1) or 0) < 1:
+        problems.append("capabilities.max_connections must be at least 1")
+    level = raw.get("log_level", "info")
+    if level not in ("debug", "info", "warning", "error"):
+        problems.append("log_level must be debug, info, warning or error")
+    if values.get("backoff_cap", 30.0) < values.get("backoff_base", 0.5):
+        problems.append("backoff_cap must not be below backoff_base")
+
+    if problems:
+        raise ConfigError(problems)
+    return Config(node_id=node_id, relays=relays, relay_mode=mode, token_file=token_file, token=token,
+                  ca_file=ca_file, wireguard_host=host, public_key=public_key, network=network,
+                  capabilities=capabilities, location=location, listen=listen, log_level=level, **values)
+
+
+def load(path: str) -> Config:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            raw = json.load(handle)
+    except OSError as exc:
+        raise ConfigError(["configuration file %s cannot be read: %s" % (path, exc.strerror or exc)]) from None
+    except ValueError as exc:
+        raise ConfigError(["configuration file %s is not valid JSON: %s" % (path, exc)]) from None
+    return validate(raw)
+
+
+def _split_hostport(text):
+    host, sep, port = str(text).rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(text)
+    host = host.strip("[]")
+    ipaddress.ip_address(host)
+    return host, int(port)
+
+
+split_hostport = _split_hostport
