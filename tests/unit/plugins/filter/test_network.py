@@ -34,3 +34,9 @@ def test_overlapping():
     assert network.overlapping(["10.66.0.0/24"], ["192.168.1.0/24", "fd00::/8"]) == []
     assert network.overlapping(["10.66.0.0/24"], ["10.0.0.0/8"]) == ["10.66.0.0/24 overlaps 10.0.0.0/8"]
     assert network.overlapping(["10.0.0.0/16", "10.0.1.0/24"]) == ["10.0.0.0/16 overlaps 10.0.1.0/24"]
+
+
+def test_network_and_address_of_an_interface_address():
+    assert network.network_of("10.66.0.1/24") == "10.66.0.0/24"
+    assert network.network_of("fd66::1/64") == "fd66::/64"
+    assert network.address_of("fd66::1/64") == "fd66::1"
