@@ -1,0 +1,420 @@
+# Copyright: Higgs.net node engineering
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: tc_shaping
+short_description: Node-wide caps and per-client rate limits on a tunnel interface, with tc
+version_added: 0.1.0
+description:
+  - Takes the whole shaping of one tunnel interface, reads the live traffic control state
+    (C(tc -j qdisc/filter show), C(tc -d class show)), computes the difference and applies
+    it with one C(tc -batch).
+  - Download (towards the clients) is shaped on the egress of O(interface); upload (from
+    the clients) on an C(ifb) device that the interface's ingress is redirected to.
+  - On each, an C(htb) tree holds the node-wide cap (class C(1:1)), a class for traffic of
+    no listed client (C(1:2)), optionally a prioritised class for interactive traffic
+    (C(1:3)), and one class per client whose ceil is the client's rate. Clients share what
+    the cap leaves over equally (same quantum).
+  - Clients are found with two levels of C(u32) hash tables keyed on the last two bytes
+    of their address, so the per-packet cost does not grow with the number of clients.
+    Client networks that are not host addresses are matched one by one.
+  - The full batch is persisted under O(persist_dir) for the boot unit
+    C(higgs-vpn-shaping@<interface>.service), which rebuilds the shaping whenever the
+    tunnel interface is re-created.
+author:
+  - Higgs.net node engineering
+options:
+  state:
+    description: Whether the shaping should exist. V(absent) removes the qdiscs, classes,
+      filters and the ifb device the module added, and its persisted files.
+    type: str
+    choices: [present, absent]
+    default: present
+  interface:
+    description: The tunnel interface clients are reached through.
+    type: str
+    default: wg0
+  ifb_interface:
+    description: Name of the ifb device shaping the upload; empty means C(ifb-<interface>)
+      (cut to 15 characters).
+    type: str
+    default: ""
+  rate_down:
+    description: Node-wide cap towards the clients, e.g. V(100mbit); empty means no cap.
+    type: str
+    default: ""
+  rate_up:
+    description: Node-wide cap from the clients, e.g. V(20Mbit); empty means no cap.
+    type: str
+    default: ""
+  client_rate_down:
+    description: Download limit of a client that sets none; empty means only the cap.
+    type: str
+    default: ""
+  client_rate_up:
+    description: Upload limit of a client that sets none; empty means only the cap.
+    type: str
+    default: ""
+  clients:
+    description:
+      - The clients. The same list serves M(higgs.vpn.conn_limits), so the keys it uses
+        (O(clients[].max_connections), O(clients[].new_connections_per_second)) are
+        accepted and ignored here.
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      name:
+        description: Unique client name.
+        type: str
+        required: true
+      addresses:
+        description: The client's tunnel addresses, e.g. V(10.66.0.2/32), V(fd66::2/128).
+        type: list
+        elements: str
+        required: true
+      rate_down:
+        description: Download limit; empty uses O(client_rate_down), V(unlimited) only the cap.
+        type: str
+      rate_up:
+        description: Upload limit; empty uses O(client_rate_up), V(unlimited) only the cap.
+        type: str
+      max_connections:
+        description: Used by M(higgs.vpn.conn_limits).
+        type: int
+      new_connections_per_second:
+        description: Used by M(higgs.vpn.conn_limits).
+        type: int
+  interactive_rate:
+    description:
+      - Rate of a prioritised class for interactive traffic (packets under 128 bytes and
+        DNS), served before the clients' classes; empty turns it off.
+      - Such packets bypass the per-client limits, up to this rate for all clients together.
+    type: str
+    default: ""
+  leaf_qdisc:
+    description: Queue of each class. V(default) keeps the kernel's (a pfifo).
+    type: str
+    choices: [fq_codel, pfifo, default]
+    default: fq_codel
+  persist_dir:
+    description: Directory of the persisted batch read by the boot unit.
+    type: path
+    default: /etc/higgs-vpn/shaping
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+  platform:
+    platforms: posix
+notes:
+  - Rates are bits per second with a unit C(bit), C(kbit), C(mbit), C(gbit) or C(tbit),
+    in any case (V(500kbit), V(20Mbit), V(1gbit)); C(bps) is refused since tc reads it as
+    bytes.
+  - The root qdisc of O(interface) is replaced; a qdisc someone else put there is lost.
+"""
+
+EXAMPLES = r"""
+- name: Cap the node at 100 Mbit/s down and 20 Mbit/s up, 10 Mbit/s per client
+  higgs.vpn.tc_shaping:
+    interface: wg0
+    rate_down: 100mbit
+    rate_up: 20mbit
+    client_rate_down: 10mbit
+    client_rate_up: 10mbit
+    clients:
+      - name: alice
+        addresses: [10.66.0.2/32, "fd66::2/128"]
+      - name: bob
+        addresses: [10.66.0.3/32]
+        rate_down: 50Mbit
+        rate_up: unlimited
+
+- name: Remove the shaping
+  higgs.vpn.tc_shaping:
+    interface: wg0
+    state: absent
+"""
+
+RETURN = r"""
+commands:
+  description: The tc batch lines applied (or, in check mode, that would be).
+  returned: always
+  type: list
+  elements: str
+  sample: ["class change dev wg0 parent 1:1 classid 1:10 htb rate 1875000bit ceil 20000000bit quantum 1514 prio 1"]
+classes:
+  description: The class of each client, the same on both devices.
+  returned: state is present
+  type: dict
+  sample: {alice: "1:10", bob: "1:11"}
+ifb_interface:
+  description: The ifb device shaping the upload.
+  returned: always
+  type: str
+  sample: ifb-wg0
+persisted:
+  description: Files read by the boot unit.
+  returned: always
+  type: list
+  elements: str
+  sample: [/etc/higgs-vpn/shaping/wg0.tc, /etc/higgs-vpn/shaping/wg0.env]
+"""
+
+import json
+import os
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.higgs.vpn.plugins.module_utils import _owned, _tc
+from ansible_collections.higgs.vpn.plugins.module_utils._net import ifname_error
+
+CLIENT_OPTIONS = dict(
+    name=dict(type="str", required=True),
+    addresses=dict(type="list", elements="str", required=True),
+    rate_down=dict(type="str"),
+    rate_up=dict(type="str"),
+    max_connections=dict(type="int"),
+    new_connections_per_second=dict(type="int"),
+)
+
+ARGUMENT_SPEC = dict(
+    state=dict(type="str", choices=["present", "absent"], default="present"),
+    interface=dict(type="str", default="wg0"),
+    ifb_interface=dict(type="str", default=""),
+    rate_down=dict(type="str", default=""),
+    rate_up=dict(type="str", default=""),
+    client_rate_down=dict(type="str", default=""),
+    client_rate_up=dict(type="str", default=""),
+    clients=dict(type="list", elements="dict", default=[], options=CLIENT_OPTIONS),
+    interactive_rate=dict(type="str", default=""),
+    leaf_qdisc=dict(type="str", choices=["fq_codel", "pfifo", "default"], default="fq_codel"),
+    persist_dir=dict(type="path", default="/etc/higgs-vpn/shaping"),
+)
+
+UNLIMITED = "unlimited"
+ATTEMPTS = 5
+ANY_RC = tuple(range(256))
+
+
+def ifb_name(params):
+    return params["ifb_interface"] or ("ifb-" + params["interface"])[:15]
+
+
+def _rate(value, option, errors, allow_unlimited=False):
+    if value in (None, ""):
+        return None
+    if allow_unlimited and str(value).lower() == UNLIMITED:
+        return UNLIMITED
+    try:
+        return _tc.parse_rate(value)
+    except ValueError as exc:
+        errors.append("%s: %s" % (option, exc))
+        return None
+
+
+def validate(params):
+    """(spec for _tc.plan without minors, every problem naming its option)."""
+    errors = []
+    for option in ("interface", "ifb_interface"):
+        value = params[option] if option == "interface" else ifb_name(params)
+        why = ifname_error(value)
+        if why:
+            errors.append("%s: %r %s" % (option, value, why))
+    if params["state"] == "absent":
+        return None, errors
+    spec = dict(interface=params["interface"], ifb=ifb_name(params), leaf_qdisc=params["leaf_qdisc"],
+                cap_down=_rate(params["rate_down"], "rate_down", errors),
+                cap_up=_rate(params["rate_up"], "rate_up", errors),
+                interactive_rate=_rate(params["interactive_rate"], "interactive_rate", errors), clients=[])
+    if spec["ifb"] == spec["interface"]:
+        errors.append("ifb_interface: must differ from interface %r" % spec["interface"])
+    defaults = {d: _rate(params["client_rate_" + d], "client_rate_" + d, errors) for d in ("down", "up")}
+    names, owners = set(), {}
+    for index, client in enumerate(params["clients"]):
+        where = "clients[%d] (%s)" % (index, client["name"])
+        if client["name"] in names:
+            errors.append("%s: the name is used twice" % where)
+        names.add(client["name"])
+        entry = dict(name=client["name"], networks=[])
+        for d in ("down", "up"):
+            rate = _rate(client["rate_" + d], "%s.rate_%s" % (where, d), errors, allow_unlimited=True)
+            entry[d] = None if rate == UNLIMITED else (rate if rate is not None else defaults[d])
+        if not client["addresses"]:
+            errors.append("%s.addresses: give at least one address" % where)
+        for addr in client["addresses"]:
+            try:
+                net = _tc.networks([addr])[0]
+            except ValueError as exc:
+                errors.append("%s.addresses: %s" % (where, exc))
+                continue
+            if net in owners:
+                errors.append("%s.addresses: %s is also %s's" % (where, net, owners[net]))
+            owners[net] = client["name"]
+            entry["networks"].append(net)
+        spec["clients"].append(entry)
+    if len(spec["clients"]) > _tc.LAST_CLIENT_MINOR - _tc.FIRST_CLIENT_MINOR + 1:
+        errors.append("clients: at most %d clients per interface"
+                      % (_tc.LAST_CLIENT_MINOR - _tc.FIRST_CLIENT_MINOR + 1))
+    return spec, errors
+
+
+class Host:
+    """The commands the module runs."""
+
+    def __init__(self, module):
+        self.module = module
+        self.tc = module.get_bin_path("tc", required=True)
+        self.ip = module.get_bin_path("ip", required=True)
+
+    def run(self, argv, data=None, ok_rc=(0,)):
+        return _owned.run(self.module, argv, data=data, ok_rc=ok_rc)
+
+    def link(self, name):
+        """``ip -j link show`` entry of ``name``, or None."""
+        rc, out, _err = self.run([self.ip, "-j", "-d", "link", "show", "dev", name], ok_rc=(0, 1, 255))
+        if rc != 0:
+            return None
+        entries = json.loads(out or "[]")
+        return entries[0] if entries else None
+
+    def device(self, name, ingress):
+        """The live objects of ``name`` (empty when the device does not exist)."""
+        if self.link(name) is None:
+            return _tc.Device(name)
+        qdiscs = self.run([self.tc, "-j", "qdisc", "show", "dev", name])[1]
+        classes = self.run([self.tc, "-d", "class", "show", "dev", name])[1]
+        filters = self.run([self.tc, "-j", "filter", "show", "dev", name, "parent", _tc.ROOT], ok_rc=(0, 1, 2))[1]
+        ingress_filters = None
+        if ingress:
+            ingress_filters = self.run([self.tc, "-j", "filter", "show", "dev", name, "ingress"], ok_rc=(0, 1, 2))[1]
+        return _tc.live_device(name, qdiscs, classes, filters or "[]", ingress_filters or "[]")
+
+    def batch(self, lines):
+        if lines:
+            self.run([self.tc, "-batch", "-"], data="\n".join(lines) + "\n")
+
+    def ensure_ifb(self, name):
+        link = self.link(name)
+        if link is None:
+            self.run([self.ip, "link", "add", name, "type", "ifb"])
+        if link is None or "UP" not in link.get("flags", []):
+            self.run([self.ip, "link", "set", name, "up"])
+
+
+def persisted_texts(params, devices):
+    batch = [line for dev in reversed(devices) for line in _tc.full_batch(dev)]
+    return {
+        ".tc": "# higgs.vpn shaping of %s, rebuilt by higgs-vpn-shaping@%s.service\n%s\n"
+               % (params["interface"], params["interface"], "\n".join(batch)),
+        ".env": "IFB=%s\n" % ifb_name(params),
+    }
+
+
+def present(module, host, spec, result):
+    params = module.params
+    if host.link(spec["interface"]) is None:
+        msg = "interface: %s does not exist; bring the tunnel up before shaping it" % spec["interface"]
+        if module.check_mode:
+            # the tunnel role before this one would have created it
+            module.warn(msg)
+            result.update(changed=True, commands=[], classes={})
+            return
+        module.fail_json(msg=msg)
+    ifb_link = host.link(spec["ifb"])
+    live = [host.device(spec["ifb"], False), host.device(spec["interface"], True)]
+    minors = _tc.client_minors(list(live[1].filters), spec["clients"])
+    for client in spec["clients"]:
+        client["minor"] = minors[client["name"]]
+    tun_desired, ifb_desired = _tc.plan(spec)
+    desired = [ifb_desired, tun_desired]
+    commands = _tc.diff(live[0], ifb_desired) + _tc.diff(live[1], tun_desired)
+    texts = persisted_texts(params, [tun_desired, ifb_desired])
+    paths = {suffix: os.path.join(params["persist_dir"], params["interface"] + suffix) for suffix in texts}
+    stale = [s for s in texts if _owned.read_file(paths[s]) != texts[s]]
+    ifb_down = ifb_link is None or "UP" not in ifb_link.get("flags", [])
+    result.update(commands=commands, classes={c["name"]: "1:%x" % c["minor"] for c in spec["clients"]},
+                  persisted=sorted(paths.values()), changed=bool(commands or stale or ifb_down))
+    if module._diff:
+        result["diff"] = dict(before="\n".join(line for d in live for line in d.lines()) + "\n",
+                              after="\n".join(line for d in desired for line in d.lines()) + "\n")
+    if not result["changed"] or module.check_mode:
+        return
+    host.ensure_ifb(spec["ifb"])
+    # One batch; the kernel releases a class a moment after the last filter
+    # pointing at it, so a batch deleting both may fail at the class: then the
+    # difference is read again and applied after a pause.
+    pending, errors = commands, []
+    for attempt in range(ATTEMPTS):
+        if not pending:
+            break
+        if attempt:
+            time.sleep(0.2 * attempt)
+        rc, _out, err = host.run([host.tc, "-batch", "-"], data="\n".join(pending) + "\n", ok_rc=ANY_RC)
+        if rc == 0:
+            pending = []
+            break
+        errors.append(err.strip())
+        after = [host.device(spec["ifb"], False), host.device(spec["interface"], True)]
+        pending = _tc.diff(after[0], ifb_desired) + _tc.diff(after[1], tun_desired)
+    if pending:
+        module.fail_json(msg="tc -batch failed: %s" % " / ".join(errors), commands=commands, left=pending)
+    result["attempts"] = attempt + 1
+    for suffix in stale:
+        _owned.write_file(module, paths[suffix], texts[suffix])
+
+
+def absent(module, host, result):
+    params = module.params
+    iface, ifb = params["interface"], ifb_name(params)
+    commands = []
+    if host.link(iface) is not None:
+        live = host.device(iface, True)
+        if live.qdiscs.get("root", ("",))[0] == "htb handle 1: default %x" % _tc.DEFAULT_MINOR:
+            commands.append("qdisc del dev %s root" % iface)
+        if any(k.startswith("ingress ") and k.endswith(" redirect %s" % ifb) for k in live.filters):
+            commands.append("qdisc del dev %s ingress" % iface)
+        before = live.lines()
+    else:
+        before = []
+    ifb_link = host.link(ifb)
+    drop_ifb = ifb_link is not None and (ifb_link.get("linkinfo") or {}).get("info_kind", "ifb") == "ifb"
+    paths = [os.path.join(params["persist_dir"], iface + s) for s in (".tc", ".env")]
+    files = [p for p in paths if os.path.exists(p)]
+    result.update(commands=commands, persisted=paths, changed=bool(commands or drop_ifb or files))
+    if module._diff:
+        result["diff"] = dict(before="\n".join(before) + ("\n" if before else ""), after="")
+    if not result["changed"] or module.check_mode:
+        return
+    host.batch(commands)
+    if drop_ifb:
+        host.run([host.ip, "link", "del", ifb])
+    for path in files:
+        os.unlink(path)
+    if os.path.isdir(params["persist_dir"]) and not os.listdir(params["persist_dir"]):
+        os.rmdir(params["persist_dir"])
+
+
+def main():
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    spec, errors = validate(module.params)
+    if errors:
+        module.fail_json(msg="; ".join(errors), errors=errors)
+    host = Host(module)
+    result = dict(changed=False, ifb_interface=ifb_name(module.params))
+    if module.params["state"] == "present":
+        present(module, host, spec, result)
+    else:
+        absent(module, host, result)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
