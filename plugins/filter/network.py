@@ -34,11 +34,6 @@ def host_networks(facts, exclude=()):
     return _net.host_networks(facts, exclude)
 
 
-def network_of(interface):
-    """'10.66.0.1/24' -> '10.66.0.0/24': the network of an interface address."""
-    return str(ipaddress.ip_interface(interface).network)
-
-
 def address_of(interface):
     """'10.66.0.1/24' -> '10.66.0.1': the address of an interface address."""
     return str(ipaddress.ip_interface(interface).ip)
@@ -53,6 +48,5 @@ class FilterModule:
             "invalid_networks": invalid_networks,
             "overlapping": overlapping,
             "host_networks": host_networks,
-            "network_of": network_of,
             "address_of": address_of,
         }

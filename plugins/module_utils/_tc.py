@@ -308,8 +308,8 @@ def plan(spec):
             for net in client["networks"]:
                 entries[net.version].append((net, "1:%x" % client["minor"]))
         for ver in (4, 6):
-            for flt in client_filters(ver, side, sorted(entries[ver], key=lambda e: (int(e[0].network_address),
-                                                                                      e[0].prefixlen))):
+            ordered = sorted(entries[ver], key=lambda e: (int(e[0].network_address), e[0].prefixlen))
+            for flt in client_filters(ver, side, ordered):
                 device.filters[flt.identity()] = flt
         devices.append(device)
     # the redirect of the tunnel's ingress to the ifb device

@@ -36,7 +36,6 @@ def test_overlapping():
     assert network.overlapping(["10.0.0.0/16", "10.0.1.0/24"]) == ["10.0.0.0/16 overlaps 10.0.1.0/24"]
 
 
-def test_network_and_address_of_an_interface_address():
-    assert network.network_of("10.66.0.1/24") == "10.66.0.0/24"
-    assert network.network_of("fd66::1/64") == "fd66::/64"
+def test_address_of_an_interface_address():
+    assert network.address_of("10.66.0.1/24") == "10.66.0.1"
     assert network.address_of("fd66::1/64") == "fd66::1"
