@@ -23,7 +23,7 @@ description:
     persisted and removed through the shared owned-firewall engine; the boot units
     C(higgs-vpn-nft@<table>) / C(higgs-vpn-iptables@<table>) restore it.
 author:
-  - Higgs.net node engineering
+  - Higgs.net node engineering (!UNKNOWN)
 options:
   state:
     description: Whether the owned table/chains should exist.

@@ -25,7 +25,7 @@ description:
     C(higgs-vpn-shaping@<interface>.service), which rebuilds the shaping whenever the
     tunnel interface is re-created.
 author:
-  - Higgs.net node engineering
+  - Higgs.net node engineering (!UNKNOWN)
 options:
   state:
     description: Whether the shaping should exist. V(absent) removes the qdiscs, classes,
