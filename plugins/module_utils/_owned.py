@@ -38,6 +38,14 @@ JUMPS = (
 )
 IPT_BINS = {4: ("iptables", "iptables-save", "iptables-restore"),
             6: ("ip6tables", "ip6tables-save", "ip6tables-restore")}
+# Options every owned-firewall module takes (documented in the
+# higgs.vpn.owned_firewall doc fragment).
+ARGUMENT_SPEC = dict(
+    state=dict(type="str", choices=["present", "absent"], default="present"),
+    backend=dict(type="str", choices=list(BACKENDS), default="nftables"),
+    tunnel_interfaces=dict(type="list", elements="str", default=["wg0"]),
+    persist_dir=dict(type="path", default="/etc/higgs-vpn/firewall"),
+)
 _COUNTER_RE = re.compile(r"counter packets \d+ bytes \d+")
 _IPT_COUNTS_RE = re.compile(r"\[\d+:\d+\]")
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,14}$")

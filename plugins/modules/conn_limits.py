@@ -25,26 +25,11 @@ description:
 author:
   - Higgs.net node engineering (!UNKNOWN)
 options:
-  state:
-    description: Whether the owned table/chains should exist.
-    type: str
-    choices: [present, absent]
-    default: present
-  backend:
-    description: Which firewall framework to program.
-    type: str
-    choices: [nftables, iptables]
-    default: nftables
   table:
     description: Name of the owned nftables table and prefix of the owned iptables chains
       (at most 15 lower-case letters, digits, underscores).
     type: str
     default: higgs_vpn_conn
-  tunnel_interfaces:
-    description: Interfaces client traffic arrives on.
-    type: list
-    elements: str
-    default: [wg0]
   max_connections:
     description: Default concurrent connections per client address; V(0) means no limit.
     type: int
@@ -83,19 +68,9 @@ options:
       rate_up:
         description: Used by M(higgs.vpn.tc_shaping).
         type: str
-  persist_dir:
-    description: Directory of the persisted rulesets read by the boot units.
-    type: path
-    default: /etc/higgs-vpn/firewall
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: full
-  platform:
-    platforms: posix
+  - higgs.vpn.owned_firewall
 notes:
   - The new-connection rate allows a burst of as many connections as the per-second limit.
   - With O(backend=nftables) a client's limits count all its addresses together and
@@ -156,14 +131,11 @@ CLIENT_OPTIONS = dict(
 )
 
 ARGUMENT_SPEC = dict(
-    state=dict(type="str", choices=["present", "absent"], default="present"),
-    backend=dict(type="str", choices=list(_owned.BACKENDS), default="nftables"),
+    **_owned.ARGUMENT_SPEC,
     table=dict(type="str", default="higgs_vpn_conn"),
-    tunnel_interfaces=dict(type="list", elements="str", default=["wg0"]),
     max_connections=dict(type="int", default=0),
     new_connections_per_second=dict(type="int", default=0),
     clients=dict(type="list", elements="dict", default=[], options=CLIENT_OPTIONS),
-    persist_dir=dict(type="path", default="/etc/higgs-vpn/firewall"),
 )
 
 FAMILIES = {4: ("ip", "ipv4_addr"), 6: ("ip6", "ipv6_addr")}

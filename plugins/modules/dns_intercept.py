@@ -30,27 +30,12 @@ description:
 author:
   - Higgs.net node engineering (!UNKNOWN)
 options:
-  state:
-    description: Whether the owned table/chains should exist.
-    type: str
-    choices: [present, absent]
-    default: present
-  backend:
-    description: Which firewall framework to program.
-    type: str
-    choices: [nftables, iptables]
-    default: nftables
   table:
     description:
       - Name of the owned nftables table, and prefix of the owned iptables chains.
       - Lower-case letters, digits and underscores, at most 15 characters.
     type: str
     default: higgs_vpn_dns
-  tunnel_interfaces:
-    description: Interfaces client traffic arrives on (the WireGuard interfaces).
-    type: list
-    elements: str
-    default: [wg0]
   mode:
     description:
       - V(redirect) rewrites client DNS to any other address to the node's resolver.
@@ -70,19 +55,9 @@ options:
     description: Also reject TCP and UDP port 853 (DNS over TLS/QUIC) to other resolvers.
     type: bool
     default: false
-  persist_dir:
-    description: Directory of the persisted rulesets read by the boot units.
-    type: path
-    default: /etc/higgs-vpn/firewall
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: full
-  platform:
-    platforms: posix
+  - higgs.vpn.owned_firewall
 notes:
   - Redirected DNS arrives at the node itself, so the node's input filter must let
     clients reach port 53 (the default of the M(higgs.vpn.firewall) O(higgs.vpn.firewall#module:node_services)).
@@ -129,14 +104,11 @@ from ansible_collections.higgs.vpn.plugins.module_utils import _owned
 from ansible_collections.higgs.vpn.plugins.module_utils._net import ifname_error
 
 ARGUMENT_SPEC = dict(
-    state=dict(type="str", choices=["present", "absent"], default="present"),
-    backend=dict(type="str", choices=list(_owned.BACKENDS), default="nftables"),
+    **_owned.ARGUMENT_SPEC,
     table=dict(type="str", default="higgs_vpn_dns"),
-    tunnel_interfaces=dict(type="list", elements="str", default=["wg0"]),
     mode=dict(type="str", choices=["redirect", "refuse"], default="redirect"),
     resolver_addresses=dict(type="list", elements="str", default=[]),
     block_dot=dict(type="bool", default=False),
-    persist_dir=dict(type="path", default="/etc/higgs-vpn/firewall"),
 )
 
 DNS = 53

@@ -25,27 +25,12 @@ description:
 author:
   - Higgs.net node engineering (!UNKNOWN)
 options:
-  state:
-    description: Whether the owned table/chains should exist.
-    type: str
-    choices: [present, absent]
-    default: present
-  backend:
-    description: Which firewall framework to program.
-    type: str
-    choices: [nftables, iptables]
-    default: nftables
   table:
     description:
       - Name of the owned nftables table, and prefix of the owned iptables chains.
       - Lower-case letters, digits and underscores, at most 15 characters.
     type: str
     default: higgs_vpn
-  tunnel_interfaces:
-    description: Interfaces client traffic arrives on (the WireGuard interfaces).
-    type: list
-    elements: str
-    default: [wg0]
   client_subnets:
     description:
       - Networks VPN clients use as source addresses, IPv4 and IPv6 mixed.
@@ -120,20 +105,9 @@ options:
         description: Destination port.
         type: int
         required: true
-  persist_dir:
-    description: Directory of the persisted rulesets read by the boot units.
-    type: path
-    default: /etc/higgs-vpn/firewall
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: full
-  platform:
-    support: full
-    platforms: posix
+  - higgs.vpn.owned_firewall
 notes:
   - Rendering is validated before anything changes; invalid interface names or
     networks fail with the option that holds them.
@@ -194,10 +168,8 @@ from ansible_collections.higgs.vpn.plugins.module_utils._net import (
 )
 
 ARGUMENT_SPEC = dict(
-    state=dict(type="str", choices=["present", "absent"], default="present"),
-    backend=dict(type="str", choices=list(_owned.BACKENDS), default="nftables"),
+    **_owned.ARGUMENT_SPEC,
     table=dict(type="str", default="higgs_vpn"),
-    tunnel_interfaces=dict(type="list", elements="str", default=["wg0"]),
     client_subnets=dict(type="list", elements="str", default=[]),
     egress_ipv4=dict(type="dict", options=dict(
         interface=dict(type="str", required=True), snat=dict(type="str"))),
@@ -211,7 +183,6 @@ ARGUMENT_SPEC = dict(
     node_services=dict(type="list", elements="dict", default=[], options=dict(
         proto=dict(type="str", choices=["tcp", "udp"], required=True),
         port=dict(type="int", required=True))),
-    persist_dir=dict(type="path", default="/etc/higgs-vpn/firewall"),
 )
 
 

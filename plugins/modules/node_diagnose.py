@@ -106,9 +106,9 @@ import socket
 import struct
 import time
 import urllib.error
-import urllib.request
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.urls import open_url
 
 ENV = {"LANG": "C", "LC_ALL": "C"}
 
@@ -280,8 +280,7 @@ def main():
 
     if params["relay_health_url"]:
         try:
-            with urllib.request.urlopen(params["relay_health_url"], timeout=3) as response:
-                status = response.status
+            status = open_url(params["relay_health_url"], timeout=3).status
         except urllib.error.HTTPError as exc:
             status = exc.code
         except OSError as exc:

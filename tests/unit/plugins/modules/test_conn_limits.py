@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ansible_collections.higgs.vpn.plugins.doc_fragments.owned_firewall import ModuleDocFragment
 from ansible_collections.higgs.vpn.plugins.modules import conn_limits
 
 CASES = yaml.safe_load((Path(__file__).parent / "conn_limits_cases.yml").read_text())
@@ -48,7 +49,8 @@ def test_chain_names_are_stable_and_safe():
 
 
 def test_documented_options_match_the_argument_spec():
-    doc = yaml.safe_load(conn_limits.DOCUMENTATION)["options"]
+    doc = yaml.safe_load(ModuleDocFragment.DOCUMENTATION)["options"]
+    doc.update(yaml.safe_load(conn_limits.DOCUMENTATION)["options"])
     assert set(doc) == set(conn_limits.ARGUMENT_SPEC)
     for name, spec in conn_limits.ARGUMENT_SPEC.items():
         for key in ("type", "elements", "choices", "default"):

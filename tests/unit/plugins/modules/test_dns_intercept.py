@@ -9,6 +9,7 @@ import yaml
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.testing import patch_module_args
 
+from ansible_collections.higgs.vpn.plugins.doc_fragments.owned_firewall import ModuleDocFragment
 from ansible_collections.higgs.vpn.plugins.module_utils import _owned
 from ansible_collections.higgs.vpn.plugins.modules import dns_intercept
 
@@ -135,7 +136,8 @@ def test_bad_input_fails_before_any_command(monkeypatch, tmp_path):
 
 
 def test_documented_options_match_the_argument_spec():
-    options = yaml.safe_load(dns_intercept.DOCUMENTATION)["options"]
+    options = yaml.safe_load(ModuleDocFragment.DOCUMENTATION)["options"]
+    options.update(yaml.safe_load(dns_intercept.DOCUMENTATION)["options"])
     assert set(options) == set(dns_intercept.ARGUMENT_SPEC)
     for name, spec in dns_intercept.ARGUMENT_SPEC.items():
         doc = options[name]

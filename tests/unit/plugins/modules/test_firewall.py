@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ansible_collections.higgs.vpn.plugins.doc_fragments.owned_firewall import ModuleDocFragment
 from ansible_collections.higgs.vpn.plugins.modules import firewall
 
 CASES = yaml.safe_load((Path(__file__).parent / "firewall_cases.yml").read_text())
@@ -46,3 +47,12 @@ def test_render_is_deterministic_whatever_the_input_order():
     b = firewall.render(params({"blocked_destinations": ["10.0.0.0/8", "192.168.0.0/16"],
                                 "tunnel_interfaces": ["wg0", "wg1"]}))
     assert a == b
+
+
+def test_documented_options_match_the_argument_spec():
+    doc = yaml.safe_load(ModuleDocFragment.DOCUMENTATION)["options"]
+    doc.update(yaml.safe_load(firewall.DOCUMENTATION)["options"])
+    assert set(doc) == set(firewall.ARGUMENT_SPEC)
+    for name, spec in firewall.ARGUMENT_SPEC.items():
+        for key in ("type", "elements", "choices", "default"):
+            assert doc[name].get(key) == spec.get(key), f"{name}.{key}"
