@@ -309,11 +309,13 @@ class Host:
             self.run([self.ip, "link", "set", name, "up"])
 
 
-def persisted_texts(params, devices):
+def persisted_texts(params, devices, clients):
     batch = [line for dev in reversed(devices) for line in _tc.full_batch(dev)]
+    # the class of each client, for readers of the file (the metrics collector)
+    names = ["# client %s 1:%x" % (c["name"].replace("\n", " "), c["minor"]) for c in clients]
     return {
         ".tc": "# higgs.vpn shaping of %s, rebuilt by higgs-vpn-shaping@%s.service\n%s\n"
-               % (params["interface"], params["interface"], "\n".join(batch)),
+               % (params["interface"], params["interface"], "\n".join(names + batch)),
         ".env": "IFB=%s\n" % ifb_name(params),
     }
 
@@ -336,7 +338,7 @@ def present(module, host, spec, result):
     tun_desired, ifb_desired = _tc.plan(spec)
     desired = [ifb_desired, tun_desired]
     commands = _tc.diff(live[0], ifb_desired) + _tc.diff(live[1], tun_desired)
-    texts = persisted_texts(params, [tun_desired, ifb_desired])
+    texts = persisted_texts(params, [tun_desired, ifb_desired], spec["clients"])
     paths = {suffix: os.path.join(params["persist_dir"], params["interface"] + suffix) for suffix in texts}
     stale = [s for s in texts if _owned.read_file(paths[s]) != texts[s]]
     ifb_down = ifb_link is None or "UP" not in ifb_link.get("flags", [])
