@@ -9,9 +9,10 @@ UDP 51830, routing only 203.0.113.11) next to the relay-path tunnel wg0
 (routing 203.0.113.10 through the client-side connector, a relay and the node
 connector), lets UDP 51830 through the client's block, and removes all of it
 at the end.  Figures: iperf3 TCP goodput client -> internet on both paths and
-their ratio, relay bytes on the WebSocket ÷ WireGuard datagram bytes (batched
-and unbatched), connector CPU time per datagram, and ping latency p50/p99 on
-both paths.  Nothing is asserted: figures depend on the machine.
+their ratio, TCP retransmissions (losses on the way, e.g. a full socket
+buffer), relay bytes on the WebSocket ÷ WireGuard datagram bytes (batched and
+unbatched), connector CPU time per datagram, and ping latency p50/p99 on both
+paths.  Nothing is asserted: figures depend on the machine.
 """
 
 from __future__ import annotations
@@ -75,9 +76,10 @@ def direct_tunnel(up):
 
 
 def iperf(target, seconds):
+    """(goodput Mbit/s, TCP retransmissions)."""
     out = sh(CLIENT, "iperf3 -c %s -t %d -O 1 -J" % (target, seconds))
     data = json.loads(out)
-    return data["end"]["sum_received"]["bits_per_second"] / 1e6
+    return data["end"]["sum_received"]["bits_per_second"] / 1e6, data["end"]["sum_sent"].get("retransmits", 0)
 
 
 def pings(target, count):
@@ -93,7 +95,8 @@ def set_batching(on):
              "open(p,'w').write(json.dumps(c, indent=4, sort_keys=True)+'\\n')\nEOF\n"
              "systemctl restart higgs-relay-connector" % (CONFIG, on))
     flag = "" if on else " --no-batch"
-    sh(CLIENT, "sed -i 's/ --no-batch//; s|^\\(ExecStart=.*\\)$|\\1%s|' /etc/systemd/system/boson-client.service && "
+    # the option goes right after the module name: ExecStart may continue over several lines
+    sh(CLIENT, "sed -i 's/ --no-batch//; s|-m boson_relay.client|&%s|' /etc/systemd/system/boson-client.service && "
                "systemctl daemon-reload && systemctl restart boson-client" % flag)
     for _ in range(60):
         if sh(CLIENT, "curl -sf -m 2 http://%s/ >/dev/null && echo ok" % RELAY_TARGET, check=False).strip() == "ok":
@@ -104,7 +107,7 @@ def set_batching(on):
 
 def relay_run(label, seconds):
     before, cpu0 = metrics(), cpu_seconds(NODE, "higgs-relay-connector")
-    goodput = iperf(RELAY_TARGET, seconds)
+    goodput, retransmits = iperf(RELAY_TARGET, seconds)
     after, cpu1 = metrics(), cpu_seconds(NODE, "higgs-relay-connector")
 
     def delta(key):
@@ -120,9 +123,9 @@ def relay_run(label, seconds):
               + delta('higgs_relay_frames_total{direction="from_relay"}'))
     drops = sum(v for k, v in after.items() if k.startswith("higgs_relay_drops_total")) - sum(
         v for k, v in before.items() if k.startswith("higgs_relay_drops_total"))
-    print("  %-10s goodput %7.1f Mbit/s | WebSocket/WireGuard bytes %.4f | %.1f datagrams/frame | "
+    print("  %-10s goodput %7.1f Mbit/s (%d retransmits) | WebSocket/WireGuard bytes %.4f | %.1f datagrams/frame | "
           "node connector CPU %.1f us/datagram | drops %d"
-          % (label, goodput, ws / wg if wg else float("nan"), grams / frames if frames else 0,
+          % (label, goodput, retransmits, ws / wg if wg else float("nan"), grams / frames if frames else 0,
              (cpu1 - cpu0) * 1e6 / grams if grams else float("nan"), drops))
     return goodput
 
@@ -141,9 +144,9 @@ def main():
                 break
         print("uvloop on the node:", "yes" if "uvloop" in sh(NODE, "journalctl -u higgs-relay-connector -n 50 "
                                                                    "--no-pager", check=False) else "no")
-        direct = iperf(DIRECT_TARGET, args.seconds)
+        direct, retransmits = iperf(DIRECT_TARGET, args.seconds)
         print("iperf3 TCP client -> internet, %d s each" % args.seconds)
-        print("  %-10s goodput %7.1f Mbit/s" % ("direct", direct))
+        print("  %-10s goodput %7.1f Mbit/s (%d retransmits)" % ("direct", direct, retransmits))
         set_batching(True)
         batched = relay_run("relay", args.seconds)
         set_batching(False)

@@ -46,26 +46,32 @@ class Client:
     def from_wireguard(self):
         recv = self.sock.recvfrom
         queue = self.queue
-        m = self.metrics
+        append = queue.append
         connected = self.ws is not None and self.ws.is_open
-        got = 0
+        before = len(queue)
+        got = size = 0
+        peer = None
         try:
             for _ in range(self.args.burst):
                 data, peer = recv(65535)
-                self.peer = peer
                 got += 1
-                m.wireguard_bytes_to_relay += len(data)
-                if not connected:
-                    m.drop("not_connected")
-                    continue
-                if len(queue) == queue.maxlen:
-                    m.drop("queue_full")
-                queue.append(data)
-        except (BlockingIOError, InterruptedError):
+                size += len(data)
+                if connected:
+                    append(data)
+        except OSError:   # drained (BlockingIOError), or an ICMP error of an earlier send
             pass
-        except OSError:
-            pass
-        if got and connected and not self.flush_pending:
+        if not got:
+            return
+        self.peer = peer
+        m = self.metrics
+        m.wireguard_bytes_to_relay += size
+        if not connected:
+            m.drop("not_connected", got)
+            return
+        overflow = before + got - queue.maxlen   # the deque dropped its oldest
+        if overflow > 0:
+            m.drop("queue_full", overflow)
+        if not self.flush_pending:
             self.flush_pending = True
             self.loop.call_soon(self.flush)
 
@@ -76,7 +82,8 @@ class Client:
         if ws is None or not ws.is_open or ws.paused or not queue:
             return
         group = [queue.popleft() for _ in range(min(len(queue), 4096))]
-        frames, rejected = framing.pack(group, self.args.batch_max_count, 16384, not self.args.no_batch)
+        frames, rejected = framing.pack(group, self.args.batch_max_count, self.args.batch_max_bytes,
+                                        not self.args.no_batch)
         m = self.metrics
         m.drop("malformed", rejected)
         m.datagrams_to_relay += len(group) - rejected
@@ -99,14 +106,17 @@ class Client:
             return
         send = self.sock.sendto
         peer = self.peer
+        count = len(datagrams)
+        size = len(data) - (2 + 2 * count if count > 1 else 0)   # less the batch header
         for datagram in datagrams:
             try:
                 send(datagram, peer)
             except OSError:
                 m.drop("udp_send")
-                continue
-            m.datagrams_from_relay += 1
-            m.wireguard_bytes_from_relay += len(datagram)
+                count -= 1
+                size -= len(datagram)
+        m.datagrams_from_relay += count
+        m.wireguard_bytes_from_relay += size
 
     async def session(self, relay):
         stats = self.metrics.relay(relay.name)
@@ -192,6 +202,7 @@ def main(argv=None):
     parser.add_argument("--metrics", default="127.0.0.1:9478", help="health/metrics address ('' to disable)")
     parser.add_argument("--no-batch", action="store_true")
     parser.add_argument("--batch-max-count", type=int, default=32)
+    parser.add_argument("--batch-max-bytes", type=int, default=16384)
     parser.add_argument("--queue-size", type=int, default=2048)
     parser.add_argument("--burst", type=int, default=64)
     parser.add_argument("--socket-buffer", type=int, default=1 << 20)

@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import json
 import logging
+import math
 import os
 import re
 import secrets
@@ -71,25 +72,36 @@ class Relay:
         self.hits = {}
         self.stats = {"frames_client_to_node": 0, "frames_node_to_client": 0, "bytes_client_to_node": 0,
                       "bytes_node_to_client": 0, "drops_no_route": 0, "drops_backpressure": 0,
-                      "drops_malformed": 0, "registrations": 0, "node_sockets": 0, "client_sockets": 0}
+                      "drops_malformed": 0, "registrations": 0, "rate_limited": 0, "node_sockets": 0,
+                      "client_sockets": 0}
 
     # REST ------------------------------------------------------------------------
     def limited(self, peer, path):
-        """Per-source rate limit of the node endpoints (--node-rate per minute)."""
+        """Seconds to wait (Retry-After) when the source is over its rate, else 0.
+
+        A fixed window per source, as express-rate-limit in BosonServer:
+        ``--node-rate`` requests to /api/v1/nodes/* per ``--rate-window``
+        seconds; requests refused still count.
+        """
         if not self.args.node_rate or not path.startswith("/api/v1/nodes"):
-            return False
+            return 0
         now = time.monotonic()
-        hits = [t for t in self.hits.get(peer, []) if now - t < 60]
-        hits.append(now)
-        self.hits[peer] = hits[-(self.args.node_rate + 1):]
-        return len(hits) > self.args.node_rate
+        start, count = self.hits.get(peer, (now, 0))
+        if now - start >= self.args.rate_window:
+            start, count = now, 0
+        self.hits[peer] = (start, count + 1)
+        if count < self.args.node_rate:
+            return 0
+        self.stats["rate_limited"] += 1
+        return max(1, math.ceil(start + self.args.rate_window - now))
 
     def rest(self, method, path, headers, body, peer):
         if path in ("/health", "/health/live", "/health/ready"):
             return 200, {"status": "ok", "nodes": sum(n.online for n in self.nodes.values()),
                          "sessions": len(self.sessions), "protocol": 2}
-        if self.limited(peer, path):
-            return 429, None
+        wait = self.limited(peer, path)
+        if wait:
+            return 429, wait
         if method == "POST" and path == "/api/v1/nodes/register":
             return self.register(headers, body)
         match = re.fullmatch(r"/api/v1/nodes/([^/]+)(/heartbeat)?", path)
@@ -127,10 +139,14 @@ class Relay:
         node.info = body
         node.seen = time.monotonic()
         self.stats["registrations"] += 1
-        host, port = self.args.public_host, self.args.public_port
+        servers = [{"id": self.epoch, "host": self.args.public_host, "port": self.args.public_port,
+                    "protocol": "websocket"}]
+        for other in self.args.announce:
+            host, _, port = other.rpartition(":")
+            servers.append({"id": other, "host": host.strip("[]"), "port": int(port), "protocol": "websocket"})
         return 200, {
             "nodeId": node_id, "status": "registered",
-            "relayServers": [{"id": self.epoch, "host": host, "port": port, "protocol": "websocket"}],
+            "relayServers": servers,
             "stunServers": [], "sessionToken": secrets.token_urlsafe(24),
             "expiresAt": int((time.time() + 86400) * 1000),
         }
@@ -157,8 +173,8 @@ class Relay:
     def forget(self, node):
         for session in list(node.sessions.values()):
             self.end_session(session, 1000, "node left")
-        if node.ws is not None:
-            node.ws.close(1000, "unregistered")
+        if node.ws is not None:   # the socket is no node connection any more, as on a new upgrade
+            node.ws.close(1008, "Node not online")
         self.nodes.pop(node.id, None)
 
     def end_session(self, session, code, reason):
@@ -210,7 +226,7 @@ class Relay:
             if session is None or session.ws is None:
                 stats["drops_no_route"] += 1
                 return
-            if session.ws.queue_binary(bytes(payload)):
+            if session.ws.queue_binary(payload):   # a view of the frame: written without a copy
                 stats["frames_node_to_client"] += 1
                 stats["bytes_node_to_client"] += len(payload)
             else:
@@ -334,7 +350,7 @@ class HttpConnection(asyncio.Protocol):
         peer = (self.transport.get_extra_info("peername") or ("?",))[0]
         status, answer = self.relay.rest(method, path, headers, body, peer)
         if status == 429:
-            self.respond(429, "Too many requests, please try again later.", "text/html", {"Retry-After": "1"})
+            self.respond(429, "Too many requests, please try again later.", "text/html", {"Retry-After": answer})
         else:
             self.respond(status, answer)
 
@@ -396,14 +412,21 @@ def main(argv=None):
     parser.add_argument("--public-host", default=os.uname().nodename,
                         help="host announced in relayServers")
     parser.add_argument("--public-port", type=int, default=3000)
+    parser.add_argument("--announce", action="append", default=[], metavar="HOST:PORT",
+                        help="another relay to announce in relayServers (repeatable)")
     parser.add_argument("--heartbeat", type=float, default=30.0, help="seconds between heartbeat frames")
     parser.add_argument("--node-rate", type=int, default=0,
-                        help="requests per minute per source to /api/v1/nodes/* (0: no limit)")
+                        help="requests per --rate-window per source to /api/v1/nodes/* (0: no limit)")
+    parser.add_argument("--rate-window", type=float, default=60.0, help="seconds of the rate-limit window")
     parser.add_argument("--auth-token-file", default="", help="require this bearer token at registration")
     parser.add_argument("--write-buffer", type=int, default=1 << 20)
     parser.add_argument("--no-uvloop", action="store_true")
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
+    for other in args.announce:
+        host, _, port = other.rpartition(":")
+        if not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
+            parser.error("--announce %s is not HOST:PORT" % other)
     logging.basicConfig(stream=sys.stderr, format="%(levelname)s %(message)s", level=args.log_level.upper())
     logging.getLogger("websockets").setLevel(logging.WARNING)
     from higgs_relay.connector import run

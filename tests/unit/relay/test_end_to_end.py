@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
@@ -44,6 +46,40 @@ def _spawn(*args):
 def _get(url):
     with urllib.request.urlopen(url, timeout=2) as answer:
         return answer.read().decode()
+
+
+def _relay(port, *options):
+    """A relay on 127.0.0.1:port announcing itself as such; waits until it answers."""
+    proc = _spawn("-m", "boson_relay.server", "--listen", "127.0.0.1:%d" % port, "--public-host", "127.0.0.1",
+                  "--public-port", str(port), "--heartbeat", "2", "--no-uvloop", *options)
+    assert _wait(lambda: "ok" in _get("http://127.0.0.1:%d/health" % port)), proc
+    return proc
+
+
+def _connector(directory, node_id, relay_ports, wireguard_port, **settings):
+    """Start the node connector; returns (process, health port)."""
+    health = _free_port()
+    cfg = {
+        "node_id": node_id, "public_key": KEY,
+        "relays": ["http://127.0.0.1:%d" % p for p in relay_ports], "relay_mode": "failover",
+        "wireguard_port": wireguard_port, "listen": "127.0.0.1:%d" % health,
+        "ping_interval": 1, "ping_timeout": 3, "backoff_base": 0.2, "backoff_cap": 1,
+        "heartbeat_interval": 5, "uvloop": False, **settings,
+    }
+    path = directory / ("connector-%d.json" % health)
+    path.write_text(json.dumps(cfg))
+    return _spawn("-m", "higgs_relay", "--config", str(path)), health
+
+
+def _stop(procs):
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def _wait(predicate, timeout=15.0):
@@ -83,45 +119,31 @@ class Echo:
 
 
 @pytest.fixture
-def lab(tmp_path):
+def lab(tmp_path, request):
+    """Two relays (the first announces the second), the node connector configured with ``connector_relays``
+    of them (indirect parametrisation; both by default) and the client connector using both."""
     procs = []
     echo = Echo()
     relay_ports = [_free_port(), _free_port()]
     node_id = str(uuid.uuid4())
-    for port in relay_ports:
-        procs.append(_spawn("-m", "boson_relay.server", "--listen", "127.0.0.1:%d" % port, "--heartbeat", "2",
-                            "--no-uvloop"))
-    assert _wait(lambda: all("ok" in _get("http://127.0.0.1:%d/health" % p) for p in relay_ports))
-    health = _free_port()
-    cfg = {
-        "node_id": node_id, "public_key": KEY,
-        "relays": ["http://127.0.0.1:%d" % p for p in relay_ports], "relay_mode": "failover",
-        "wireguard_port": echo.port, "listen": "127.0.0.1:%d" % health,
-        "ping_interval": 1, "ping_timeout": 3, "backoff_base": 0.2, "backoff_cap": 1,
-        "heartbeat_interval": 5, "uvloop": False,
-    }
-    path = tmp_path / "connector.json"
-    path.write_text(json.dumps(cfg))
-    node = _spawn("-m", "higgs_relay", "--config", str(path))
-    procs.append(node)
-    assert _wait(lambda: '"status": "ok"' in _get("http://127.0.0.1:%d/health" % health)), node
-    client_port = _free_port(socket.SOCK_DGRAM)
-    relays = [arg for url in cfg["relays"] for arg in ("--relay", url)]
-    client = _spawn("-m", "boson_relay.client", *relays,
-                    "--node-id", node_id, "--listen", "127.0.0.1:%d" % client_port, "--metrics", "",
-                    "--ping-interval", "1", "--ping-timeout", "3", "--no-uvloop")
-    procs.append(client)
-    yield {"client_port": client_port, "relay_ports": relay_ports, "procs": procs, "health": health,
-           "node": node}
-    for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()
-    for proc in procs:
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    echo.stop()
+    try:
+        procs.append(_relay(relay_ports[0], "--announce", "127.0.0.1:%d" % relay_ports[1]))
+        procs.append(_relay(relay_ports[1]))
+        configured = relay_ports[:getattr(request, "param", 2)]
+        node, health = _connector(tmp_path, node_id, configured, echo.port)
+        procs.append(node)
+        assert _wait(lambda: '"status": "ok"' in _get("http://127.0.0.1:%d/health" % health)), node
+        client_port = _free_port(socket.SOCK_DGRAM)
+        relays = [arg for port in relay_ports for arg in ("--relay", "http://127.0.0.1:%d" % port)]
+        client = _spawn("-m", "boson_relay.client", *relays,
+                        "--node-id", node_id, "--listen", "127.0.0.1:%d" % client_port, "--metrics", "",
+                        "--ping-interval", "1", "--ping-timeout", "3", "--no-uvloop")
+        procs.append(client)
+        yield {"client_port": client_port, "relay_ports": relay_ports, "procs": procs, "health": health,
+               "node": node}
+    finally:
+        _stop(procs)
+        echo.stop()
 
 
 def _exchange(port, count=50, size=1200, timeout=10.0):
@@ -147,15 +169,107 @@ def _exchange(port, count=50, size=1200, timeout=10.0):
     return got
 
 
+@pytest.mark.parametrize("lab", [2, 1], ids=["configured", "discovered"], indirect=True)
 def test_datagrams_round_trip_and_failover(lab):
+    """Failover to the second relay, configured or only announced by the first."""
     assert _exchange(lab["client_port"]) >= 50
     metrics = _get("http://127.0.0.1:%d/metrics" % lab["health"])
     assert 'higgs_relay_relay_protocol{relay="127.0.0.1:%d"} 2' % lab["relay_ports"][0] in metrics
+    assert 'higgs_relay_relay_connected{relay="127.0.0.1:%d"} 0' % lab["relay_ports"][1] in metrics
     # the first relay dies: node and client move to the second
     lab["procs"][0].kill()
     assert _exchange(lab["client_port"], count=20, timeout=20) >= 20
     metrics = _get("http://127.0.0.1:%d/metrics" % lab["health"])
     assert 'higgs_relay_relay_connected{relay="127.0.0.1:%d"} 1' % lab["relay_ports"][1] in metrics
+
+
+def test_discovery_off_keeps_to_the_configured_relays(tmp_path):
+    echo = Echo()
+    ports = [_free_port(), _free_port()]
+    procs = []
+    try:
+        procs.append(_relay(ports[0], "--announce", "127.0.0.1:%d" % ports[1]))
+        node, health = _connector(tmp_path, str(uuid.uuid4()), ports[:1], echo.port, discover_relays=False)
+        procs.append(node)
+        assert _wait(lambda: '"status": "ok"' in _get("http://127.0.0.1:%d/health" % health)), node
+        metrics = _get("http://127.0.0.1:%d/metrics" % health)   # registered, so the answer was seen
+        assert 'higgs_relay_relay_registrations_total{relay="127.0.0.1:%d"} 1' % ports[0] in metrics
+        assert "127.0.0.1:%d" % ports[1] not in metrics
+    finally:
+        _stop(procs)
+        echo.stop()
+
+
+def _post(url, body, token=""):
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    if token:
+        request.add_header("Authorization", "Bearer " + token)
+    try:
+        with urllib.request.urlopen(request, timeout=2) as answer:
+            return answer.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def _counter(text, name):
+    found = re.search(r"^%s (\d+)$" % re.escape(name), text, re.MULTILINE)
+    return int(found.group(1)) if found else None
+
+
+def test_registration_rate_limited_waits_for_retry_after(tmp_path):
+    """429 with Retry-After at registration: one refused attempt, a wait of Retry-After, then registered."""
+    echo = Echo()
+    port = _free_port()
+    base = "http://127.0.0.1:%d" % port
+    procs = []
+    try:
+        procs.append(_relay(port, "--node-rate", "2", "--rate-window", "6"))
+        for _ in range(2):   # use up this source's window (127.0.0.1, shared with the connector)
+            assert _post(base + "/api/v1/nodes/register", {}) == 400
+        node, health = _connector(tmp_path, str(uuid.uuid4()), [port], echo.port)
+        procs.append(node)
+        assert _wait(lambda: '"status": "ok"' in _get("http://127.0.0.1:%d/health" % health), timeout=20), node
+        assert _counter(_get(base + "/metrics"), "boson_relay_rate_limited") == 1
+        metrics = _get("http://127.0.0.1:%d/metrics" % health)
+        assert 'higgs_relay_relay_rate_limited_total{relay="127.0.0.1:%d"} 1' % port in metrics
+        assert 'higgs_relay_relay_registrations_total{relay="127.0.0.1:%d"} 1' % port in metrics
+        node.terminate()
+        out, _ = node.communicate(timeout=10)
+        waits = [float(w) for w in re.findall(r"rate-limited by \S+; reconnecting in ([0-9.]+) s", out)]
+        assert len(waits) == 1 and waits[0] >= 5, out
+    finally:
+        _stop(procs)
+        echo.stop()
+
+
+def test_close_1008_makes_the_node_register_again(tmp_path):
+    echo = Echo()
+    port = _free_port()
+    base = "http://127.0.0.1:%d" % port
+    node_id = str(uuid.uuid4())
+    procs = []
+    try:
+        procs.append(_relay(port))
+        node, health = _connector(tmp_path, node_id, [port], echo.port)
+        procs.append(node)
+        assert _wait(lambda: '"status": "ok"' in _get("http://127.0.0.1:%d/health" % health)), node
+        # the relay forgets the node and closes its socket with 1008 "Node not online"
+        request = urllib.request.Request(base + "/api/v1/nodes/" + node_id, method="DELETE",
+                                         headers={"Authorization": "Bearer x"})
+        with urllib.request.urlopen(request, timeout=2) as answer:
+            assert answer.status == 200
+        assert _wait(lambda: _counter(_get(base + "/metrics"), "boson_relay_node_sockets") == 2)
+        relay = _get(base + "/metrics")
+        assert _counter(relay, "boson_relay_registrations") == 2
+        assert _counter(relay, "boson_relay_nodes_online") == 1
+        assert _wait(lambda: '"status": "ok"' in _get("http://127.0.0.1:%d/health" % health)), node
+        node.terminate()
+        out, _ = node.communicate(timeout=10)
+        assert "code 1008, Node not online" in out
+    finally:
+        _stop(procs)
+        echo.stop()
 
 
 def test_orderly_stop_unregisters(lab):

@@ -83,6 +83,16 @@ def test_pack_rejects_what_cannot_be_framed():
     assert frames == [] and rejected == 1
 
 
+def test_pack_with_the_session_tag():
+    datagrams = [bytes([4, 0, 0, 0]) + bytes([i]) * 700 for i in range(7)]
+    for batch, count in ((True, 3), (False, 1)):
+        frames, rejected = framing.pack(datagrams, max_count=count, batch=batch, prefix=framing.TAG.pack(9))
+        assert rejected == 0 and len(frames) == (3 if batch else 7)
+        untagged = [framing.untag(f) for f in frames]
+        assert {session for session, _ in untagged} == {9}
+        assert [bytes(d) for _, payload in untagged for d in framing.decode(payload)] == datagrams
+
+
 def test_version_2_tag_round_trip():
     frame = framing.tag(0xDEADBEEF, framing.encode_batch([b"\x04\0\0\0a", b"\x04\0\0\0b"]))
     session, payload = framing.untag(frame)

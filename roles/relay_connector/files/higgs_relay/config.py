@@ -11,6 +11,7 @@ import binascii
 import ipaddress
 import json
 import os
+import re
 import uuid
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -68,6 +69,7 @@ class Config:
     socket_buffer: int = 1 << 20
     write_buffer: int = 256 << 10
     burst: int = 64
+    discover_relays: bool = True
     listen: str = "127.0.0.1:9477"
     uvloop: bool = True
     log_level: str = "info"
@@ -96,6 +98,60 @@ def parse_relay(url: str) -> Relay:
     base = parts.path.rstrip("/")
     return Relay(name=netloc, api="%s://%s%s" % ("https" if tls else "http", netloc, base),
                  ws="%s://%s%s" % ("wss" if tls else "ws", netloc, base), tls=tls)
+
+
+MAX_DISCOVERED = 8          # relays learnt from registration answers, in all
+_ANNOUNCED_SCANNED = 64     # entries of one answer looked at
+_HOSTNAME = re.compile(r"^(?=.{1,253}\.?$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                       r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
+
+
+def announced_relays(entries, announcer: Relay, limit: int = MAX_DISCOVERED) -> list:
+    """Relays of a registration answer's ``relayServers``, reached like ``announcer``.
+
+    The answer comes from a relay, which is not trusted: only entries
+    ``{"host": name or IP, "port": 1..65535, "protocol": "websocket"}`` count,
+    at most ``limit`` of them, taken from the first 64 entries; anything else
+    is skipped.  Each is reached with the scheme and base path of the relay
+    that announced it.  Addresses a relay has no business sending a node to
+    (unspecified, multicast, link-local, reserved; loopback unless the
+    announcer itself is on loopback) are skipped too.
+    """
+    if not isinstance(entries, list):
+        return []
+    base = urlsplit(announcer.api)
+    announcer_loopback = _is_loopback(base.hostname)
+    found = []
+    for entry in entries[:_ANNOUNCED_SCANNED]:
+        if len(found) >= limit:
+            break
+        if not isinstance(entry, dict) or entry.get("protocol") != "websocket":
+            continue
+        host, port = entry.get("host"), entry.get("port")
+        if not isinstance(host, str) or isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            continue
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            if not _HOSTNAME.match(host) or (_is_loopback(host) and not announcer_loopback):
+                continue
+        else:
+            if (address.is_unspecified or address.is_multicast or address.is_link_local or address.is_reserved
+                    or (address.is_loopback and not announcer_loopback)):
+                continue
+            host = "[%s]" % address if address.version == 6 else str(address)
+        relay = parse_relay("%s://%s:%d%s" % (base.scheme, host, port, base.path))
+        if all(relay.name != known.name for known in found):
+            found.append(relay)
+    return found
+
+
+def _is_loopback(host) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        name = str(host).rstrip(".").lower()
+        return name == "localhost" or name.endswith(".localhost")
 
 
 def _number(raw, key, problems, low, high, kind=float):
@@ -134,7 +190,7 @@ NUMBERS = {
 }
 KNOWN = set(NUMBERS) | {
     "node_id", "relays", "relay_mode", "token_file", "ca_file", "wireguard_host", "public_key",
-    "network", "capabilities", "location", "batch", "listen", "uvloop", "log_level",
+    "network", "capabilities", "location", "batch", "discover_relays", "listen", "uvloop", "log_level",
 }
 
 
@@ -179,7 +235,7 @@ def validate(raw) -> Config:
         value = _number(raw, key, problems, low, high, kind)
         if value is not None:
             values[key] = value
-    for key in ("batch", "uvloop"):
+    for key in ("batch", "discover_relays", "uvloop"):
         if key in raw and not isinstance(raw[key], bool):
             problems.append("%s must be true or false, not %r" % (key, raw[key]))
         elif key in raw:

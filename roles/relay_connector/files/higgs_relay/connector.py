@@ -8,7 +8,8 @@ WireGuard sees every client as its own endpoint.
 
 Relay modes: ``failover`` keeps one link, on the first relay that works, and
 moves to the next on failure; ``all`` keeps a link to every relay (clients
-may then use any of them).
+may then use any of them).  Relays announced in registration answers
+(``relayServers``) join the configured ones, after them (``discover_relays``).
 """
 
 from __future__ import annotations
@@ -33,10 +34,9 @@ log = logging.getLogger("higgs-relay")
 class LinkDown(Exception):
     """The link ended; ``wait`` is the least time before trying again."""
 
-    def __init__(self, message, wait=0.0, reregister=False):
+    def __init__(self, message, wait=0.0):
         super().__init__(message)
         self.wait = wait
-        self.reregister = reregister
 
 
 class Session:
@@ -95,6 +95,8 @@ class Link:
         self.registered_at = time.time()
         self.stats["registrations"] += 1
         log.debug("registered at %s", self.relay.name)
+        if self.cfg.discover_relays:
+            d.discover(self, answer.get("relayServers"))
 
     async def heartbeat(self):
         d = self.daemon
@@ -172,8 +174,7 @@ class Link:
                 raise LinkDown("%s sent no 'connected' control frame" % self.relay.name) from None
             if ws.closed.done():
                 code, reason = ws.closed.result()
-                raise LinkDown("%s closed the socket (%s %s)" % (self.relay.name, code, reason),
-                               reregister=code == 1008)
+                raise LinkDown("%s closed the socket (%s %s)" % (self.relay.name, code, reason))
             since = time.monotonic()
             self.stats["connected"] = 1
             self.stats["protocol"] = self.version
@@ -186,8 +187,7 @@ class Link:
             up = time.monotonic() - since
             self.daemon.stable(self, up)
             raise LinkDown("%s closed the socket after %.0f s (code %s%s)"
-                           % (self.relay.name, up, code, ", " + reason if reason else ""),
-                           wait=0.0, reregister=code == 1008)
+                           % (self.relay.name, up, code, ", " + reason if reason else ""))
         finally:
             self.stats["connected"] = 0
             self.stats["protocol"] = 0
@@ -350,46 +350,50 @@ class Link:
             return
         session.last = time.monotonic()
         send = session.sock.send
+        count = len(datagrams)
+        # datagram bytes: the frame less the batch header, less what could not be sent
+        size = len(payload) - (2 + 2 * count if count > 1 else 0)
         for datagram in datagrams:
             try:
                 send(datagram)
-            except (BlockingIOError, InterruptedError):
+            except OSError:   # socket buffer full, or WireGuard not listening right now
                 m.drop("udp_send")
-                continue
-            except OSError:
-                m.drop("udp_send")  # WireGuard not listening right now
-                continue
-            m.datagrams_from_relay += 1
-            m.wireguard_bytes_from_relay += len(datagram)
+                count -= 1
+                size -= len(datagram)
+        m.datagrams_from_relay += count
+        m.wireguard_bytes_from_relay += size
 
     def from_wireguard(self, session):
         queue = self.queue
-        m = self.m
         recv = session.sock.recv
         sid = session.sid
-        full = queue.maxlen
         connected = self.ws is not None and self.ws.is_open
-        count = 0
+        before = len(queue)
+        count = size = 0
         try:
             for _ in range(self.cfg.burst):
                 data = recv(65535)
                 count += 1
-                m.wireguard_bytes_to_relay += len(data)
-                if not connected:
-                    m.drop("not_connected")
-                    continue
-                if len(queue) == full:
-                    m.drop("queue_full")
-                queue.append((sid, data))
+                size += len(data)
+                if connected:
+                    queue.append((sid, data))
         except (BlockingIOError, InterruptedError):
             pass
         except OSError as exc:
             if exc.errno != errno.ECONNREFUSED:
                 log.debug("session %s: %s", sid, exc)
-        if count:
-            session.last = time.monotonic()
-            if connected:
-                self.schedule_flush()
+        if not count:
+            return
+        m = self.m
+        m.wireguard_bytes_to_relay += size
+        session.last = time.monotonic()
+        if not connected:
+            m.drop("not_connected", count)
+            return
+        overflow = before + count - queue.maxlen   # the deque dropped its oldest
+        if overflow > 0:
+            m.drop("queue_full", overflow)
+        self.schedule_flush()
 
     def schedule_flush(self):
         if not self.flush_pending:
@@ -420,9 +424,7 @@ class Link:
             group.append(data)
         if group:
             self._pack(current, group, frames, tagged)
-        before = ws.bytes_out
-        ws.send_binary_many(frames)
-        m.bytes_to_relay += ws.bytes_out - before
+        m.bytes_to_relay += ws.send_binary_many(frames)
         m.frames_to_relay += len(frames)
         m.queue_depth = len(queue)
         if queue and not ws.paused:
@@ -430,15 +432,15 @@ class Link:
 
     def _pack(self, sid, group, frames, tagged):
         cfg = self.cfg
-        packed, rejected = framing.pack(group, cfg.batch_max_count, cfg.batch_max_bytes, cfg.batch)
+        packed, rejected = framing.pack(group, cfg.batch_max_count, cfg.batch_max_bytes, cfg.batch,
+                                        framing.TAG.pack(sid) if tagged else b"")
         if rejected:
             self.m.drop("malformed", rejected)
-        self.m.datagrams_to_relay += len(group) - rejected
-        if len(packed) < len(group) - rejected:
-            self.m.batches_to_relay += sum(1 for f in packed if framing.is_batch(f))
-        if tagged:
-            prefix = framing.TAG.pack(sid)
-            packed = [prefix + f for f in packed]
+        sent = len(group) - rejected
+        self.m.datagrams_to_relay += sent
+        if len(packed) < sent:   # some went into batches
+            start = framing.TAG.size if tagged else 0
+            self.m.batches_to_relay += sum(1 for f in packed if framing.is_batch(memoryview(f)[start:]))
         frames.extend(packed)
 
 
@@ -450,8 +452,30 @@ class Daemon:
         self.ssl = rest.ssl_context(cfg.ca_file) if any(r.tls for r in cfg.relays) else None
         self.local_host = "::1" if ":" in cfg.wireguard_host else "127.0.0.1"
         self.links = [Link(self, r) for r in cfg.relays]
+        self.discovered = 0
+        self.tasks = []
         self.stopping = asyncio.Event()
         self.backoffs = {}
+
+    def discover(self, link, entries):
+        """Add the relays ``link``'s relay announced after the known ones (at most MAX_DISCOVERED in all).
+
+        In failover mode they extend the list walked on failure; in mode
+        ``all`` each gets a link of its own.
+        """
+        known = {other.relay.name for other in self.links}
+        for relay in config.announced_relays(entries, link.relay, config.MAX_DISCOVERED + len(known)):
+            if self.discovered >= config.MAX_DISCOVERED:
+                return
+            if relay.name in known:
+                continue
+            known.add(relay.name)
+            new = Link(self, relay)
+            self.links.append(new)
+            self.discovered += 1
+            log.info("relay %s announced by %s: added to the relays", relay.name, link.relay.name)
+            if self.cfg.relay_mode == "all":
+                self.tasks.append(self.loop.create_task(self.keep([new], relay.name)))
 
     def stable(self, link, seconds):
         if seconds >= self.cfg.stable_after:
@@ -546,8 +570,8 @@ class Daemon:
         if cfg.relay_mode == "all":
             groups = [([link], link.relay.name) for link in self.links]
         else:
-            groups = [(self.links, "failover")]
-        tasks = [self.loop.create_task(self.keep(links, key)) for links, key in groups]
+            groups = [(self.links, "failover")]   # the same list: discovered relays join the walk
+        self.tasks.extend(self.loop.create_task(self.keep(links, key)) for links, key in groups)
         await self.stopping.wait()
         # close the node sockets in order (close frame 1000) before anything else
         closing = []
@@ -557,9 +581,9 @@ class Daemon:
                 closing.append(link.ws.closed)
         if closing:
             await asyncio.wait(closing, timeout=2.0)
-        for task in tasks:
+        for task in self.tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*self.tasks, return_exceptions=True)
         await asyncio.gather(*(link.unregister() for link in self.links), return_exceptions=True)
         for link in self.links:
             link.close_sessions()

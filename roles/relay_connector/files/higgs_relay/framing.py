@@ -46,8 +46,7 @@ def encode_batch(datagrams) -> bytes:
         size = len(datagram)
         if not 0 < size <= MAX_DATAGRAM:
             raise FrameError("datagram of %d bytes cannot be batched" % size)
-        parts.append(U16.pack(size))
-        parts.append(datagram)
+        parts += (U16.pack(size), datagram)
     return b"".join(parts)
 
 
@@ -103,41 +102,50 @@ def untag(frame):
     return TAG.unpack_from(view)[0], view[4:]
 
 
-def pack(datagrams, max_count: int = BATCH_MAX, max_bytes: int = 65536, batch: bool = True):
+def pack(datagrams, max_count: int = BATCH_MAX, max_bytes: int = 65536, batch: bool = True, prefix: bytes = b""):
     """(frames, rejected) for a run of datagrams of one session.
 
     Datagrams are grouped into batches of at most ``max_count`` entries and
     ``max_bytes`` bytes (a single datagram is sent as it is).  Without
     batching every datagram is its own frame.  A datagram that is empty,
     longer than 65535 bytes, or would read as a batch on its own (never a
-    WireGuard message) is rejected and counted, not sent.
+    WireGuard message) is rejected and counted, not sent.  Every frame starts
+    with ``prefix`` (the version-2 session tag), joined in the same copy.
     """
     frames = []
     rejected = 0
     limit = max(1, min(max_count, BATCH_MAX)) if batch else 1
-    group, group_bytes = [], 2
+    pack16 = U16.pack
+    parts = []      # the frame being built: prefix, count, then length and datagram for each
+    count = used = 0
     for datagram in datagrams:
         size = len(datagram)
         if not 0 < size <= MAX_DATAGRAM or (limit == 1 and is_batch(datagram)):
             rejected += 1
             continue
-        if group and (len(group) >= limit or group_bytes + size + 2 > max_bytes):
-            rejected += _close(group, frames)
-            group, group_bytes = [], 2
-        group.append(datagram)
-        group_bytes += size + 2
-    if group:
-        rejected += _close(group, frames)
+        if count and (count >= limit or used + size + 2 > max_bytes):
+            rejected += _close(parts, count, frames)
+            count = 0
+        if not count:
+            parts = [prefix, b""]
+            used = 2
+        parts += (pack16(size), datagram)
+        count += 1
+        used += size + 2
+    if count:
+        rejected += _close(parts, count, frames)
     return frames, rejected
 
 
-def _close(group, frames) -> int:
-    if len(group) > 1:
-        frames.append(encode_batch(group))
-    elif is_batch(group[0]):
+def _close(parts, count, frames) -> int:
+    """Append the frame of ``parts`` (one copy of each datagram); 1 if it had to be rejected."""
+    if count > 1:
+        parts[1] = U16.pack(count)
+        frames.append(b"".join(parts))
+    elif is_batch(parts[3]):
         return 1
     else:
-        frames.append(bytes(group[0]))
+        frames.append(parts[0] + parts[3])
     return 0
 
 

@@ -3,8 +3,9 @@
 All counters are plain integers bumped on the data path (no locks: one event
 loop).  ``/metrics`` renders them in the Prometheus text format, ``/health``
 answers 200 with a JSON summary while at least one relay link is up and 503
-otherwise.  The label sets are bounded: per relay (from the configuration)
-and per drop reason (fixed list).
+otherwise.  The label sets are bounded: per relay (the configured ones and
+at most ``config.MAX_DISCOVERED`` announced ones) and per drop reason (fixed
+list).
 """
 
 from __future__ import annotations
