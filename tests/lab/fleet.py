@@ -1,13 +1,15 @@
-"""The lab fleet behind README command (1): N exit nodes, a client, an internet.
+"""The lab fleet behind README command (1): N exit nodes, a client, an internet, a relay.
 
     python3 tests/lab/fleet.py up [--nodes N]    create the fleet and its inventory
     python3 tests/lab/fleet.py down              remove it
 
 Topology: every node sits on the "uplink" network (its home LAN, whose router
-fleet-inet sends router advertisements and serves the lab's internet at
-203.0.113.10 and 2001:db8:40::10) and on the "wan" network, where the client
-reaches the nodes' WireGuard ports. The client reaches the internet only
-through a tunnel. Nodes alternate between Debian 12 and 13.
+fleet-inet sends router advertisements, serves the lab's internet at
+203.0.113.10 and 2001:db8:40::10 and scrapes the nodes' metrics) and on the
+"wan" network, where the client reaches the nodes' WireGuard ports and the
+relay fleet-relay (tools/boson_relay) that every node's connector registers
+with. The client reaches the internet only through a tunnel. Nodes alternate
+between Debian 12 and 13.
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ def platforms(nodes: int) -> list[dict]:
     }, {
         "name": "fleet-client", "groups": ["clients"],
         "lab_networks": {"wan": ["10.40.1.5/24"]},
+    }, {
+        "name": "fleet-relay", "groups": ["relays"],
+        "lab_networks": {"wan": ["10.40.1.3/24"]},
+        "lab_relay": "10.40.1.3",
     }]
     for i in range(1, nodes + 1):
         plats.append({
@@ -52,7 +58,8 @@ def inventory(plats: list[dict]) -> str:
             i = int(plat["name"].removeprefix("fleet-node"))
             host |= {"wireguard_address_ipv4": f"10.40.{100 + i}.1/24",
                      "wireguard_address_ipv6": f"fd40:{100 + i}::1/64",
-                     "wireguard_endpoint": plat["lab_networks"]["wan"][0].split("/")[0]}
+                     "wireguard_endpoint": plat["lab_networks"]["wan"][0].split("/")[0],
+                     "metrics_listen_address": plat["lab_networks"]["uplink"][0].split("/")[0] + ":9100"}
         for group in plat["groups"]:
             groups.setdefault(group, {"hosts": {}})["hosts"][plat["name"]] = host
     header = "# Written by tests/lab/fleet.py for the running lab fleet; do not edit.\n"

@@ -1,0 +1,159 @@
+"""Faults on the running lab fleet (`scripts/lab up 2`; scripts/test runs this
+between bringing the fleet up and cleaning it): an interrupted site.yml run
+converges when re-run, a restarted node comes back whole, and cleanup after a
+crash leaves nothing behind.
+
+fleet-node1 carries the lab client's tunnel; fleet-node2 takes the
+interruptions and the crash.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+INVENTORY = ROOT / "inventory" / "lab"
+ENV = dict(os.environ, ANSIBLE_CONFIG=str(INVENTORY / "ansible.cfg"),
+           ANSIBLE_COLLECTIONS_PATH=str(ROOT / ".collections"))
+
+def docker(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(["/usr/bin/docker", *args], capture_output=True, text=True, check=check)
+
+
+def on(host: str, cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+    return docker("exec", host, "sh", "-c", cmd, check=check)
+
+
+def playbook(path: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["ansible-playbook", "-i", str(INVENTORY), str(ROOT / path), *args],
+                          capture_output=True, text=True, cwd=ROOT, env=ENV, check=False)
+
+
+def recap(out: str, host: str) -> dict[str, int]:
+    match = re.search(r"^%s\s+:\s+(.*)$" % re.escape(host), out, re.MULTILINE)
+    assert match, out[-2000:]
+    return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", match.group(1))}
+
+
+def changed_tasks(out: str) -> list[str]:
+    """The tasks of a playbook run that reported a change."""
+    tasks, current = [], ""
+    for line in out.splitlines():
+        if line.startswith("TASK ["):
+            current = line
+        elif line.startswith("changed: "):
+            tasks.append(current)
+    return tasks
+
+
+def wait(predicate, timeout: float, what: str) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if predicate():
+            return time.monotonic() - start
+        time.sleep(0.5)
+    pytest.fail("%s: not within %d s" % (what, timeout))
+
+
+def start(host: str) -> None:
+    """docker start, again after docker 20.10's occasional "failed to set IPv6 gateway ... file exists"."""
+    for _ in range(3):
+        if docker("start", host, check=False).returncode == 0:
+            return
+        time.sleep(1)
+    docker("start", host)
+
+
+def booted(host: str) -> bool:
+    state = on(host, "systemctl is-system-running", check=False).stdout.strip()
+    return state in ("running", "degraded")
+
+
+def interrupt_site(host: str, marker: str) -> None:
+    """Start site.yml on ``host`` and SIGKILL it (and its workers) once ``marker`` holds on the host."""
+    log = ROOT / "tests" / "output" / "faults-interrupted.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as out:
+        proc = subprocess.Popen(["ansible-playbook", "-i", str(INVENTORY), str(ROOT / "playbooks/site.yml"),
+                                 "--limit", host], stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=ENV,
+                                start_new_session=True)
+        try:
+            while proc.poll() is None:
+                if on(host, marker, check=False).returncode == 0:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                    return
+                time.sleep(0.2)
+            pytest.fail("site.yml ended (rc %s) before `%s` held on %s" % (proc.returncode, marker, host))
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def test_interrupted_runs_converge():
+    """site.yml killed at four points of a fresh install; the next run converges, the one after changes nothing."""
+    node = "fleet-node2"
+    assert playbook("playbooks/cleanup.yml", "--limit", node).returncode == 0
+    for marker in ("nft list table inet higgs_vpn",                    # forwarding applied, tunnel not yet
+                   "test -e /etc/wireguard/wg0.peers",                  # tunnel configured, not yet up
+                   "test -e /etc/unbound/unbound.conf.d/higgs-vpn.conf",
+                   "test -e /etc/higgs-vpn/relay/connector.json"):
+        interrupt_site(node, marker)
+    first = playbook("playbooks/site.yml", "--limit", node)
+    assert first.returncode == 0, first.stdout[-3000:]
+    second = playbook("playbooks/site.yml", "--limit", node)
+    assert second.returncode == 0, second.stdout[-3000:]
+    assert recap(second.stdout, node)["changed"] == 0, changed_tasks(second.stdout)
+    diagnosis = playbook("playbooks/diagnose.yml", "--limit", node)
+    assert diagnosis.returncode == 0, diagnosis.stdout[-3000:]
+
+
+def test_restarted_node_comes_back():
+    """After a restart the node has its tunnel, rules, limits, connector and metrics, and its client is back."""
+    node, client = "fleet-node1", "fleet-client"
+
+    def client_through_node() -> bool:
+        page = on(client, "curl -s --max-time 2 http://203.0.113.10/", check=False)
+        return page.returncode == 0 and page.stdout.strip() == "10.40.0.11"
+
+    assert client_through_node()
+    docker("stop", node)
+    start(node)
+    wait(lambda: booted(node), 60, "%s boots" % node)
+    recovery = wait(client_through_node, 90, "the client reaches the internet through %s again" % node)
+    print("client traffic back %.1f s after the node booted" % recovery)
+    assert on(node, "nft list table inet higgs_vpn", check=False).returncode == 0
+    assert "htb" in on(node, "tc qdisc show dev wg0").stdout
+    assert "htb" in on(node, "tc qdisc show dev ifb-wg0").stdout
+    wait(lambda: on(node, "curl -sf 127.0.0.1:9477/health", check=False).returncode == 0, 30,
+         "the relay connector reports healthy")
+    wait(lambda: re.search(r'^higgs_wireguard_peer_latest_handshake_timestamp_seconds\{[^}]*name="lab-client"',
+                           on("fleet-inet", "curl -s --max-time 3 http://10.40.0.11:9100/metrics",
+                              check=False).stdout, re.MULTILINE) is not None,
+         30, "the operator scrapes the client's handshake")
+    diagnosis = playbook("playbooks/diagnose.yml", "--limit", node)
+    assert diagnosis.returncode == 0, diagnosis.stdout[-3000:]
+    again = playbook("playbooks/site.yml", "--limit", node)
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert recap(again.stdout, node)["changed"] == 0, changed_tasks(again.stdout)
+
+
+def test_cleanup_after_a_crash_leaves_nothing():
+    """SIGKILL the connector, crash the whole node (SIGKILL to its init), start it: cleanup.yml leaves nothing."""
+    node = "fleet-node2"
+    on(node, "systemctl kill --signal=KILL higgs-relay-connector.service")
+    docker("kill", node)
+    start(node)
+    wait(lambda: booted(node), 60, "%s boots" % node)
+    cleanup = playbook("playbooks/cleanup.yml", "--limit", node)
+    assert cleanup.returncode == 0, cleanup.stdout[-3000:]
+    clean = playbook("tests/lab/fleet_clean.yml", "--limit", node)
+    assert clean.returncode == 0, clean.stdout[-3000:]
