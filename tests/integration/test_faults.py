@@ -13,15 +13,21 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "lab"))
+
+import lab  # noqa: E402  (the lab's docker helpers, e.g. start with its retry)
+
 INVENTORY = ROOT / "inventory" / "lab"
 ENV = dict(os.environ, ANSIBLE_CONFIG=str(INVENTORY / "ansible.cfg"),
            ANSIBLE_COLLECTIONS_PATH=str(ROOT / ".collections"))
+
 
 def docker(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(["/usr/bin/docker", *args], capture_output=True, text=True, check=check)
@@ -60,15 +66,6 @@ def wait(predicate, timeout: float, what: str) -> float:
             return time.monotonic() - start
         time.sleep(0.5)
     pytest.fail("%s: not within %d s" % (what, timeout))
-
-
-def start(host: str) -> None:
-    """docker start, again after docker 20.10's occasional "failed to set IPv6 gateway ... file exists"."""
-    for _ in range(3):
-        if docker("start", host, check=False).returncode == 0:
-            return
-        time.sleep(1)
-    docker("start", host)
 
 
 def booted(host: str) -> bool:
@@ -126,7 +123,7 @@ def test_restarted_node_comes_back():
 
     assert client_through_node()
     docker("stop", node)
-    start(node)
+    lab.start(node)
     wait(lambda: booted(node), 60, "%s boots" % node)
     recovery = wait(client_through_node, 90, "the client reaches the internet through %s again" % node)
     print("client traffic back %.1f s after the node booted" % recovery)
@@ -151,7 +148,7 @@ def test_cleanup_after_a_crash_leaves_nothing():
     node = "fleet-node2"
     on(node, "systemctl kill --signal=KILL higgs-relay-connector.service")
     docker("kill", node)
-    start(node)
+    lab.start(node)
     wait(lambda: booted(node), 60, "%s boots" % node)
     cleanup = playbook("playbooks/cleanup.yml", "--limit", node)
     assert cleanup.returncode == 0, cleanup.stdout[-3000:]

@@ -32,6 +32,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 DOCKER = "/usr/bin/docker"
@@ -66,6 +67,20 @@ def docker(*args: str, check: bool = True, capture: bool = True,
         err = proc.stderr.decode(errors="replace") if capture else ""
         sys.exit(f"lab: docker {' '.join(args)} failed ({proc.returncode}): {err.strip()}")
     return proc
+
+
+def start(name: str, attempts: int = 5) -> None:
+    """docker start, again after Docker 20.10's occasional failure to set up a
+    container joined to several IPv6-enabled networks ("failed to set IPv6
+    gateway while updating gateway: file exists"); the next attempt succeeds."""
+    for _ in range(attempts - 1):
+        proc = docker("start", name, check=False)
+        if proc.returncode == 0:
+            return
+        if b"failed to set IPv6 gateway" not in proc.stderr:
+            break
+        time.sleep(1)
+    docker("start", name)
 
 
 def image_exists(name: str) -> bool:
@@ -214,7 +229,7 @@ def create(scenario: str, platforms: list[dict]) -> list[dict]:
         docker(*run, image, "/sbin/init")
         for net, addrs in nets[1:]:
             docker("network", "connect", *addr_flags(addrs), f"{scenario}-{net}", name)
-        docker("start", name)
+        start(name)
         install_units(name, plat)
     return [
         {"instance": p["name"], "address": p["name"], "connection": "community.docker.docker"}

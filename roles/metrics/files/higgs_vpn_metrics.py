@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 """Write the node's VPN metrics for the node exporter's textfile collector.
 
     higgs_vpn_metrics.py --config /etc/higgs-vpn/metrics/collector.json
