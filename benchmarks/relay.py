@@ -11,8 +11,13 @@ connector), lets UDP 51830 through the client's block, and removes all of it
 at the end.  Figures: iperf3 TCP goodput client -> internet on both paths and
 their ratio, TCP retransmissions (losses on the way, e.g. a full socket
 buffer), relay bytes on the WebSocket ÷ WireGuard datagram bytes (batched and
-unbatched), connector CPU time per datagram, and ping latency p50/p99 on both
-paths.  Nothing is asserted: figures depend on the machine.
+unbatched), connector CPU time per datagram, CPU seconds of every process on
+the path during each run (where the cycles go when the machine is the limit:
+the lab puts both WireGuards, both connectors, the relay and both iperf3 on
+the same cores; the client's iperf3 runs under docker exec and is not
+counted), and ping latency p50/p99 on both paths.  Nothing is
+asserted: figures depend on the machine.  Run it as root on the Docker host:
+process CPU times are read from the host's /proc.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -29,6 +35,13 @@ DOCKER = "/usr/bin/docker"
 NODE, CLIENT, INET = "rly-node", "rly-client", "rly-inet"
 RELAY_TARGET, DIRECT_TARGET = "203.0.113.10", "203.0.113.11"
 CONFIG = "/etc/higgs-vpn/relay/connector.json"
+# the processes that carry the traffic, per container: (label, command line prefix)
+PATH_PROCESSES = {
+    CLIENT: (("client wireguard-go", "wireguard-go"), ("client connector", "/usr/bin/python3 -m boson_relay.client")),
+    "rly-relay1": (("relay", "/usr/bin/python3 -m boson_relay.server"),),
+    NODE: (("node wireguard-go", "wireguard-go"), ("node connector", "/usr/bin/python3 -m higgs_relay")),
+    INET: (("internet iperf3", "iperf3"),),
+}
 
 
 def sh(host, script, check=True):
@@ -56,6 +69,34 @@ def cpu_seconds(host, unit):
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
+def path_cpu():
+    """CPU ticks so far per label of PATH_PROCESSES (several processes of one label add up)."""
+    ticks = {}
+    for container, wanted in PATH_PROCESSES.items():
+        top = subprocess.run([DOCKER, "top", container, "-eo", "pid,args"], capture_output=True, text=True,
+                             check=False).stdout.splitlines()[1:]
+        for line in top:
+            pid, _, args = line.strip().partition(" ")
+            label = next((name for name, prefix in wanted if args.strip().startswith(prefix)), None)
+            if label is None:
+                continue
+            try:
+                with open("/proc/%s/stat" % pid) as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+            except OSError:  # ended in between
+                continue
+            ticks[label] = ticks.get(label, 0) + int(fields[11]) + int(fields[12])
+    return ticks
+
+
+def print_cpu(before, after, seconds):
+    hz = os.sysconf("SC_CLK_TCK")
+    used = {label: (after.get(label, 0) - before.get(label, 0)) / hz for label in after}
+    print("             CPU s in %d s: %s (total %.1f)" % (seconds, ", ".join(
+        "%s %.1f" % (label, used[label]) for label in sorted(used, key=used.get, reverse=True) if used[label] > 0.05),
+        sum(used.values())))
+
+
 def direct_tunnel(up):
     if not up:
         sh(CLIENT, "wg-quick down wg1; rm -f /etc/wireguard/wg1.conf; "
@@ -79,6 +120,9 @@ def iperf(target, seconds):
     """(goodput Mbit/s, TCP retransmissions)."""
     out = sh(CLIENT, "iperf3 -c %s -t %d -O 1 -J" % (target, seconds))
     data = json.loads(out)
+    if "sum_received" not in data.get("end", {}):  # the lab's iperf3 sometimes ends without its report
+        out = sh(CLIENT, "iperf3 -c %s -t %d -O 1 -J" % (target, seconds))
+        data = json.loads(out)
     return data["end"]["sum_received"]["bits_per_second"] / 1e6, data["end"]["sum_sent"].get("retransmits", 0)
 
 
@@ -106,9 +150,9 @@ def set_batching(on):
 
 
 def relay_run(label, seconds):
-    before, cpu0 = metrics(), cpu_seconds(NODE, "higgs-relay-connector")
+    before, cpu0, path0 = metrics(), cpu_seconds(NODE, "higgs-relay-connector"), path_cpu()
     goodput, retransmits = iperf(RELAY_TARGET, seconds)
-    after, cpu1 = metrics(), cpu_seconds(NODE, "higgs-relay-connector")
+    after, cpu1, path1 = metrics(), cpu_seconds(NODE, "higgs-relay-connector"), path_cpu()
 
     def delta(key):
         return after.get(key, 0) - before.get(key, 0)
@@ -127,6 +171,7 @@ def relay_run(label, seconds):
           "node connector CPU %.1f us/datagram | drops %d"
           % (label, goodput, retransmits, ws / wg if wg else float("nan"), grams / frames if frames else 0,
              (cpu1 - cpu0) * 1e6 / grams if grams else float("nan"), drops))
+    print_cpu(path0, path1, seconds)
     return goodput
 
 
@@ -144,9 +189,12 @@ def main():
                 break
         print("uvloop on the node:", "yes" if "uvloop" in sh(NODE, "journalctl -u higgs-relay-connector -n 50 "
                                                                    "--no-pager", check=False) else "no")
+        path0 = path_cpu()
         direct, retransmits = iperf(DIRECT_TARGET, args.seconds)
+        path1 = path_cpu()
         print("iperf3 TCP client -> internet, %d s each" % args.seconds)
         print("  %-10s goodput %7.1f Mbit/s (%d retransmits)" % ("direct", direct, retransmits))
+        print_cpu(path0, path1, args.seconds)
         set_batching(True)
         batched = relay_run("relay", args.seconds)
         set_batching(False)
