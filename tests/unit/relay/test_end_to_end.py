@@ -300,3 +300,126 @@ def test_unreachable_wireguard_port(tmp_path):
     out, _ = proc.communicate(timeout=20)
     assert proc.returncode == 69
     assert "WireGuard port unreachable" in out
+
+
+def _certificates(directory):
+    """A test CA and a certificate for 127.0.0.1 it signed; returns (ca.pem, cert.pem, key.pem) paths."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "higgs test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "relay")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(2).not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    paths = directory / "ca.pem", directory / "cert.pem", directory / "key.pem"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return paths
+
+
+class TLSProxy:
+    """TLS termination in front of a relay (what a deployed BosonServer has): 127.0.0.1:port -> relay_port."""
+
+    def __init__(self, relay_port, cert, key):
+        import asyncio
+        import ssl
+        import threading
+
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert, key)
+        self.port = _free_port()
+        self.loop = asyncio.new_event_loop()
+        started = threading.Event()
+
+        async def pipe(reader, writer):
+            try:
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            except (ConnectionError, ssl.SSLError):
+                pass
+            finally:
+                writer.close()
+
+        async def handle(reader, writer):
+            try:
+                up_reader, up_writer = await asyncio.open_connection("127.0.0.1", relay_port)
+            except OSError:
+                writer.close()
+                return
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+        async def serve():
+            self.server = await asyncio.start_server(handle, "127.0.0.1", self.port, ssl=context)
+            started.set()
+
+        self.thread = threading.Thread(target=lambda: (self.loop.run_until_complete(serve()),
+                                                       self.loop.run_forever()), daemon=True)
+        self.thread.start()
+        assert started.wait(5)
+
+    def stop(self):
+        self.loop.call_soon_threadsafe(self.server.close)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+def test_relay_over_tls(tmp_path):
+    """https:// relay behind TLS: registration and the WebSocket over TLS, verified against ca_file; a
+    certificate from an unknown CA is refused and said so in the log."""
+    pytest.importorskip("cryptography")   # the controller's; not on the lab images
+    ca, cert, key = _certificates(tmp_path)
+    (tmp_path / "other").mkdir()
+    other_ca, _, _ = _certificates(tmp_path / "other")
+    echo = Echo()
+    port = _free_port()
+    procs = []
+    proxy = None
+    try:
+        procs.append(_relay(port))
+        proxy = TLSProxy(port, str(cert), str(key))
+        node_id = str(uuid.uuid4())
+        node, health = _connector(tmp_path, node_id, [], echo.port, relays=["https://127.0.0.1:%d" % proxy.port],
+                                  ca_file=str(ca), discover_relays=False)
+        procs.append(node)
+        assert _wait(lambda: '"status": "ok"' in _get("http://127.0.0.1:%d/health" % health)), node
+        # the client reaches the same relay without TLS: datagrams cross the node's TLS WebSocket
+        client_port = _free_port(socket.SOCK_DGRAM)
+        procs.append(_spawn("-m", "boson_relay.client", "--relay", "http://127.0.0.1:%d" % port,
+                            "--node-id", node_id, "--listen", "127.0.0.1:%d" % client_port, "--metrics", "",
+                            "--no-uvloop"))
+        assert _exchange(client_port, count=20) >= 20
+        assert 'higgs_relay_relay_connected{relay="127.0.0.1:%d"} 1' % proxy.port in _get(
+            "http://127.0.0.1:%d/metrics" % health)
+
+        untrusting, health = _connector(tmp_path, str(uuid.uuid4()), [], echo.port,
+                                        relays=["https://127.0.0.1:%d" % proxy.port], ca_file=str(other_ca),
+                                        discover_relays=False)
+        procs.append(untrusting)
+        time.sleep(3)
+        with pytest.raises(urllib.error.HTTPError, match="503"):   # health: not connected
+            _get("http://127.0.0.1:%d/health" % health)
+        untrusting.terminate()
+        out, _ = untrusting.communicate(timeout=10)
+        assert "CERTIFICATE_VERIFY_FAILED" in out, out
+    finally:
+        _stop(procs)
+        if proxy:
+            proxy.stop()
+        echo.stop()
