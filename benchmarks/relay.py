@@ -15,7 +15,10 @@ unbatched), connector CPU time per datagram, CPU seconds of every process on
 the path during each run (where the cycles go when the machine is the limit:
 the lab puts both WireGuards, both connectors, the relay and both iperf3 on
 the same cores; the client's iperf3 runs under docker exec and is not
-counted), and ping latency p50/p99 on both paths.  Nothing is
+counted), and ping latency p50/p99 on both paths.  The goodput comparison
+runs once per ``--uplinks`` entry: with the node's uplink not capped (the
+machine's CPU is the limit) and capped with tbf at a home uplink's rate (the
+uplink is the limit, as on most nodes).  Nothing is
 asserted: figures depend on the machine.  Run it as root on the Docker host:
 process CPU times are read from the host's /proc.
 """
@@ -35,6 +38,7 @@ DOCKER = "/usr/bin/docker"
 NODE, CLIENT, INET = "rly-node", "rly-client", "rly-inet"
 RELAY_TARGET, DIRECT_TARGET = "203.0.113.10", "203.0.113.11"
 CONFIG = "/etc/higgs-vpn/relay/connector.json"
+NODE_UPLINK = "10.45.0.2"
 # the processes that carry the traffic, per container: (label, command line prefix)
 PATH_PROCESSES = {
     CLIENT: (("client wireguard-go", "wireguard-go"), ("client connector", "/usr/bin/python3 -m boson_relay.client")),
@@ -175,10 +179,38 @@ def relay_run(label, seconds):
     return goodput
 
 
+def uplink_cap(rate):
+    """Cap the node's uplink (towards the internet container) at ``rate`` with tbf; None removes the cap."""
+    device = sh(NODE, "ip -o -4 addr show to %s/32 | cut -d' ' -f2" % NODE_UPLINK).strip()
+    if rate is None:
+        sh(NODE, "tc qdisc del dev %s root" % device, check=False)
+    else:
+        sh(NODE, "tc qdisc replace dev %s root tbf rate %s burst 256kb latency 20ms" % (device, rate))
+
+
+def compare(args, uplink):
+    uplink_cap(uplink)
+    path0 = path_cpu()
+    direct, retransmits = iperf(DIRECT_TARGET, args.seconds)
+    path1 = path_cpu()
+    print("iperf3 TCP client -> internet, %d s each, node uplink %s" % (args.seconds, uplink or "not capped"))
+    print("  %-10s goodput %7.1f Mbit/s (%d retransmits)" % ("direct", direct, retransmits))
+    print_cpu(path0, path1, args.seconds)
+    set_batching(True)
+    batched = relay_run("relay", args.seconds)
+    set_batching(False)
+    unbatched = relay_run("unbatched", args.seconds)
+    set_batching(True)
+    print("  ratio relay/direct: %.2f batched, %.2f unbatched (target >= 0.8)"
+          % (batched / direct, unbatched / direct))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--pings", type=int, default=200)
+    parser.add_argument("--uplinks", default="none,100mbit",
+                        help="node uplink caps to compare at, tc rates; none = not capped (default: %(default)s)")
     args = parser.parse_args()
     sh(INET, "pgrep -x iperf3 >/dev/null || iperf3 -s -D")
     direct_tunnel(False)
@@ -189,27 +221,17 @@ def main():
                 break
         print("uvloop on the node:", "yes" if "uvloop" in sh(NODE, "journalctl -u higgs-relay-connector -n 50 "
                                                                    "--no-pager", check=False) else "no")
-        path0 = path_cpu()
-        direct, retransmits = iperf(DIRECT_TARGET, args.seconds)
-        path1 = path_cpu()
-        print("iperf3 TCP client -> internet, %d s each" % args.seconds)
-        print("  %-10s goodput %7.1f Mbit/s (%d retransmits)" % ("direct", direct, retransmits))
-        print_cpu(path0, path1, args.seconds)
-        set_batching(True)
-        batched = relay_run("relay", args.seconds)
-        set_batching(False)
-        unbatched = relay_run("unbatched", args.seconds)
-        set_batching(True)
-        print("  ratio relay/direct: %.2f batched, %.2f unbatched (target >= 0.8)"
-              % (batched / direct, unbatched / direct))
+        for uplink in args.uplinks.split(","):
+            compare(args, None if uplink == "none" else uplink)
+        uplink_cap(None)
         d50, d99 = pings(DIRECT_TARGET, args.pings)
         r50, r99 = pings(RELAY_TARGET, args.pings)
         print("ping, %d each: direct p50 %.3f ms p99 %.3f ms | relay p50 %.3f ms p99 %.3f ms | "
               "added p50 %.3f ms p99 %.3f ms" % (args.pings, d50, d99, r50, r99, r50 - d50, r99 - d99))
     finally:
+        uplink_cap(None)
         direct_tunnel(False)
         sh(INET, "pkill -x iperf3", check=False)
-
 
 if __name__ == "__main__":
     main()
