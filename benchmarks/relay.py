@@ -233,5 +233,6 @@ def main():
         direct_tunnel(False)
         sh(INET, "pkill -x iperf3", check=False)
 
+
 if __name__ == "__main__":
     main()

@@ -7,8 +7,8 @@ Topology: every node sits on the "uplink" network (its home LAN, whose router
 fleet-inet sends router advertisements, serves the lab's internet at
 203.0.113.10 and 2001:db8:40::10 and scrapes the nodes' metrics) and on the
 "wan" network, where the client reaches the nodes' WireGuard ports and the
-relay fleet-relay (tools/boson_relay) that every node's connector registers
-with. The client reaches the internet only through a tunnel. Nodes alternate
+relay fleet-relay (higgs.vpn.relay_server, run by scripts/lab) that every
+node's connector registers with. The client reaches the internet only through a tunnel. Nodes alternate
 between Debian 12 and 13.
 """
 
@@ -37,7 +37,6 @@ def platforms(nodes: int) -> list[dict]:
     }, {
         "name": "fleet-relay", "groups": ["relays"],
         "lab_networks": {"wan": ["10.40.1.3/24"]},
-        "lab_relay": "10.40.1.3",
     }]
     for i in range(1, nodes + 1):
         plats.append({

@@ -15,7 +15,6 @@ Topology comes from the molecule platforms; each platform may carry::
     lab_addresses: [203.0.113.10/32]       # extra addresses on lo
     lab_http: true                         # HTTP server logging peers
     lab_radvd: fd00:46::/64                # router advertisements on eth0
-    lab_relay: 10.40.1.3                   # tools/boson_relay on :3000, announcing this host
 
 Every network is ``--internal``: nothing in the lab reaches outside the host.
 """
@@ -37,7 +36,6 @@ from pathlib import Path
 
 DOCKER = "/usr/bin/docker"
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
 SUITES = ("bookworm", "trixie")
 MIRROR = "http://deb.debian.org/debian"
 BASE_INCLUDE = "python3,iproute2,iptables,procps,systemd,systemd-sysv,dbus"
@@ -184,14 +182,6 @@ def lab_units(plat: dict) -> dict[str, str]:
             "[Service]\nExecStart=/usr/bin/python3 -u /usr/local/lib/lab/httpd.py\n"
             "Restart=always\n[Install]\nWantedBy=multi-user.target\n"
         )
-    if plat.get("lab_relay"):
-        units["lab-relay.service"] = (
-            "[Unit]\nDescription=Lab BosonServer relay (tools/boson_relay)\nAfter=lab-net.service\n"
-            "[Service]\nEnvironment=PYTHONPATH=/usr/local/lib/lab/relay PYTHONDONTWRITEBYTECODE=1\n"
-            "ExecStart=/usr/bin/python3 -m boson_relay.server --listen 0.0.0.0:3000 --heartbeat 10 "
-            f"--public-host {plat['lab_relay']}\n"
-            "Restart=always\nDynamicUser=yes\n[Install]\nWantedBy=multi-user.target\n"
-        )
     return units
 
 
@@ -281,13 +271,6 @@ def install_units(name: str, plat: dict) -> None:
         docker("exec", "-i", name, "sh", "-c",
                "mkdir -p /usr/local/lib/lab && cat > /usr/local/lib/lab/httpd.py",
                stdin=(HERE / "httpd.py").read_bytes())
-    if "lab-relay.service" in units:  # the relay and the protocol package it imports
-        for package, source in (("boson_relay", ROOT / "tools" / "boson_relay"),
-                                ("higgs_relay", ROOT / "roles" / "relay_connector" / "files" / "higgs_relay")):
-            docker("exec", name, "mkdir", "-p", f"/usr/local/lib/lab/relay/{package}")
-            for module in sorted(source.glob("*.py")):
-                docker("exec", "-i", name, "sh", "-c", f"cat > /usr/local/lib/lab/relay/{package}/{module.name}",
-                       stdin=module.read_bytes())
     for unit, text in units.items():
         if text is None:  # a packaged unit
             continue
