@@ -66,16 +66,10 @@ def metrics():
     return out
 
 
-def cpu_seconds(host, unit):
-    pid = sh(host, "systemctl show -p MainPID --value %s" % unit).strip()
-    fields = sh(host, "cat /proc/%s/stat" % pid).rsplit(")", 1)[1].split()
-    ticks = int(sh(host, "getconf CLK_TCK").strip())
-    return (int(fields[11]) + int(fields[12])) / ticks
-
-
 def path_cpu():
-    """CPU ticks so far per label of PATH_PROCESSES (several processes of one label add up)."""
-    ticks = {}
+    """CPU seconds so far per label of PATH_PROCESSES (several processes of one label add up)."""
+    hz = os.sysconf("SC_CLK_TCK")
+    seconds = {}
     for container, wanted in PATH_PROCESSES.items():
         top = subprocess.run([DOCKER, "top", container, "-eo", "pid,args"], capture_output=True, text=True,
                              check=False).stdout.splitlines()[1:]
@@ -89,13 +83,12 @@ def path_cpu():
                     fields = stat.read().rsplit(")", 1)[1].split()
             except OSError:  # ended in between
                 continue
-            ticks[label] = ticks.get(label, 0) + int(fields[11]) + int(fields[12])
-    return ticks
+            seconds[label] = seconds.get(label, 0) + (int(fields[11]) + int(fields[12])) / hz
+    return seconds
 
 
 def print_cpu(before, after, seconds):
-    hz = os.sysconf("SC_CLK_TCK")
-    used = {label: (after.get(label, 0) - before.get(label, 0)) / hz for label in after}
+    used = {label: after.get(label, 0) - before.get(label, 0) for label in after}
     print("             CPU s in %d s: %s (total %.1f)" % (seconds, ", ".join(
         "%s %.1f" % (label, used[label]) for label in sorted(used, key=used.get, reverse=True) if used[label] > 0.05),
         sum(used.values())))
@@ -122,11 +115,10 @@ def direct_tunnel(up):
 
 def iperf(target, seconds):
     """(goodput Mbit/s, TCP retransmissions)."""
-    out = sh(CLIENT, "iperf3 -c %s -t %d -O 1 -J" % (target, seconds))
-    data = json.loads(out)
-    if "sum_received" not in data.get("end", {}):  # the lab's iperf3 sometimes ends without its report
-        out = sh(CLIENT, "iperf3 -c %s -t %d -O 1 -J" % (target, seconds))
-        data = json.loads(out)
+    for _ in range(2):  # the lab's iperf3 sometimes ends without its report: one more try
+        data = json.loads(sh(CLIENT, "iperf3 -c %s -t %d -O 1 -J" % (target, seconds)))
+        if "sum_received" in data.get("end", {}):
+            break
     return data["end"]["sum_received"]["bits_per_second"] / 1e6, data["end"]["sum_sent"].get("retransmits", 0)
 
 
@@ -154,9 +146,9 @@ def set_batching(on):
 
 
 def relay_run(label, seconds):
-    before, cpu0, path0 = metrics(), cpu_seconds(NODE, "higgs-relay-connector"), path_cpu()
+    before, path0 = metrics(), path_cpu()
     goodput, retransmits = iperf(RELAY_TARGET, seconds)
-    after, cpu1, path1 = metrics(), cpu_seconds(NODE, "higgs-relay-connector"), path_cpu()
+    after, path1 = metrics(), path_cpu()
 
     def delta(key):
         return after.get(key, 0) - before.get(key, 0)
@@ -174,7 +166,7 @@ def relay_run(label, seconds):
     print("  %-10s goodput %7.1f Mbit/s (%d retransmits) | WebSocket/WireGuard bytes %.4f | %.1f datagrams/frame | "
           "node connector CPU %.1f us/datagram | drops %d"
           % (label, goodput, retransmits, ws / wg if wg else float("nan"), grams / frames if frames else 0,
-             (cpu1 - cpu0) * 1e6 / grams if grams else float("nan"), drops))
+             (path1["node connector"] - path0["node connector"]) * 1e6 / grams if grams else float("nan"), drops))
     print_cpu(path0, path1, seconds)
     return goodput
 

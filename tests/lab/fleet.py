@@ -8,8 +8,8 @@ fleet-inet sends router advertisements, serves the lab's internet at
 203.0.113.10 and 2001:db8:40::10 and scrapes the nodes' metrics) and on the
 "wan" network, where the client reaches the nodes' WireGuard ports and the
 relay fleet-relay (higgs.vpn.relay_server, run by scripts/lab) that every
-node's connector registers with. The client reaches the internet only through a tunnel. Nodes alternate
-between Debian 12 and 13.
+node's connector registers with. The client reaches the internet only through
+a tunnel. Nodes alternate between Debian 12 and 13.
 """
 
 from __future__ import annotations
