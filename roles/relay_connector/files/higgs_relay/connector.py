@@ -157,8 +157,11 @@ class Link:
         await self.register()
         url = "%s/relay/%s" % (self.relay.ws, self.cfg.node_id)
         try:
+            # the token issued at registration authenticates the node socket (the reference
+            # server ignores the header; the collection's relay requires it)
             ws = await wsio.connect(url, ssl_context=self.daemon.ssl, timeout=self.cfg.connect_timeout,
-                                    write_limit=self.cfg.write_buffer)
+                                    write_limit=self.cfg.write_buffer,
+                                    headers={"Authorization": "Bearer " + self.token} if self.token else None)
         except (OSError, TimeoutError, ConnectionError) as exc:
             raise LinkDown("cannot open %s: %s" % (url, exc)) from None
         self.ws = ws
