@@ -157,3 +157,122 @@ def render_iptables(policy, ver):
         nat["postrouting"] = ["-s %s -o %s -j %s" % (net, spec["interface"], action)
                               for net in policy.clients[ver]]
     return iptables_restore(policy.table, {"filter": chains, "nat": nat})
+
+
+# ---------------------------------------------------------------------------
+# Foreign firewalls (Docker, ufw, firewalld, hand-made rules)
+# ---------------------------------------------------------------------------
+
+# Statements that neither select packets nor end the chain.
+_NEUTRAL = frozenset(("counter", "log", "comment"))
+_HOOKS = ("forward", "input")
+
+
+def _iif_match(value, tunnels):
+    """True/False when ``value`` is a match on the input interface (does client traffic pass it?), else None."""
+    if not isinstance(value, dict) or value.get("left") != {"meta": {"key": "iifname"}}:
+        return None
+    right = value.get("right")
+    names = set(right.get("set", [])) if isinstance(right, dict) else {right}
+    hit = bool(names & set(tunnels))
+    return hit if value.get("op") in ("==", "in") else not hit
+
+
+def _verdict(rule, tunnels):
+    """(verdict, jump target) of a rule every client packet matches; None when it selects.
+
+    A match on the input interface is decided for client traffic (it arrives on
+    a tunnel interface); any other match makes the rule selective.
+    """
+    verdict = None
+    for stmt in rule.get("expr") or []:
+        (key, value), = stmt.items()
+        if key in _NEUTRAL:
+            continue
+        if key == "match" and _iif_match(value, tunnels) is not None:
+            if _iif_match(value, tunnels):
+                continue
+            return None
+        if key == "xt":
+            name = (value or {}).get("name", "")
+            if value.get("type") == "match" and name == "comment":
+                continue
+            if value.get("type") == "target" and name == "REJECT":
+                verdict = ("reject", None)
+                continue
+            return None
+        if key in ("drop", "reject", "accept", "return"):
+            verdict = (key, None)
+        elif key in ("jump", "goto"):
+            verdict = ("jump", value["target"])
+        else:
+            return None
+    return verdict or ("continue", None)
+
+
+def _jump_target(rule):
+    for stmt in rule.get("expr") or []:
+        for key in ("jump", "goto"):
+            if key in stmt:
+                return stmt[key]["target"]
+    return None
+
+
+def blocking_chains(ruleset, table, tunnels, hooks=_HOOKS):
+    """Foreign base chains that drop client traffic whatever the collection accepts.
+
+    ``ruleset`` is ``nft -j list ruleset`` (iptables-nft, ufw, Docker and
+    firewalld all show there). A base chain on a ``hooks`` hook blocks when its
+    policy is drop, or when it (or a chain it jumps to unconditionally) drops or
+    rejects every packet arriving on a ``tunnels`` interface, unless a rule before that point jumps into a chain of
+    the collection (the iptables backend's ``<table>_*`` chains). Our own
+    ``inet <table>`` is never foreign. Returns [{family, table, chain, hook,
+    reason}] sorted.
+    """
+    chains, rules = {}, {}
+    for item in ruleset.get("nftables", []):
+        if "chain" in item:
+            c = item["chain"]
+            chains[(c["family"], c["table"], c["name"])] = c
+        elif "rule" in item:
+            r = item["rule"]
+            rules.setdefault((r["family"], r["table"], r["chain"]), []).append(r)
+    mark = table + "_"
+
+    def fate(key, seen):
+        """What becomes of a packet no match in ``key`` selects: ("drop", why), ("accept",) or None."""
+        for rule in rules.get(key, []):
+            verdict = _verdict(rule, tunnels)
+            if verdict is None:
+                continue
+            if (_jump_target(rule) or "").startswith(mark):
+                return ("accept",)
+            kind, target = verdict
+            if kind in ("drop", "reject"):
+                return ("drop", "%s rule in %s" % (kind, key[2]))
+            if kind == "accept":
+                return ("accept",)
+            if kind == "return":
+                return None
+            sub = (key[0], key[1], target)
+            if kind == "jump" and sub not in seen:
+                result = fate(sub, seen | {sub})
+                if result:
+                    return result
+        return None
+
+    found = []
+    for key, chain in sorted(chains.items()):
+        if chain.get("hook") not in hooks or chain.get("type") != "filter":
+            continue
+        if key[0] == "inet" and key[1] == table:
+            continue
+        result = fate(key, {key}) or (("drop", "policy drop") if chain.get("policy") == "drop" else None)
+        if result and result[0] == "drop":
+            reason = result[1]
+            found.append(dict(family=key[0], table=key[1], chain=key[2], hook=chain["hook"], reason=reason))
+    return found
+
+
+def describe_blocker(b):
+    return "%s %s %s (hook %s, %s)" % (b["family"], b["table"], b["chain"], b["hook"], b["reason"])
