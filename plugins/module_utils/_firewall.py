@@ -7,6 +7,9 @@ Pure functions: the owned objects are applied and persisted by ``_owned``.
 
 from __future__ import annotations
 
+import json
+import shlex
+
 from ansible_collections.higgs.vpn.plugins.module_utils._net import collapse
 from ansible_collections.higgs.vpn.plugins.module_utils._owned import iptables_restore
 
@@ -276,3 +279,105 @@ def blocking_chains(ruleset, table, tunnels, hooks=_HOOKS):
 
 def describe_blocker(b):
     return "%s %s %s (hook %s, %s)" % (b["family"], b["table"], b["chain"], b["hook"], b["reason"])
+
+
+def _ipt_rule(family, chain, args):
+    """One ``iptables-save`` rule as the JSON ``nft -j`` would list (the parts the analysis reads)."""
+    expr, i = [], 0
+    while i < len(args):
+        neg = args[i] == "!"
+        if neg:
+            i += 1
+        opt = args[i]
+        val = args[i + 1] if i + 1 < len(args) else ""
+        if opt in ("-i", "--in-interface"):
+            expr.append({"match": {"op": "!=" if neg else "==", "left": {"meta": {"key": "iifname"}}, "right": val}})
+            i += 2
+        elif opt in ("-j", "-g"):
+            verdicts = {"DROP": {"drop": None}, "ACCEPT": {"accept": None}, "RETURN": {"return": None},
+                        "REJECT": {"reject": None}}
+            if val in verdicts:
+                expr.append(verdicts[val])
+            elif val.isupper() and val.isalpha():  # an extension target (LOG, MASQUERADE, ...)
+                expr.append({"counter": None} if val == "LOG" else {"xt": {"type": "target", "name": val}})
+            else:
+                expr.append({"jump" if opt == "-j" else "goto": {"target": val}})
+            i += 2
+            while i < len(args) and args[i].startswith("--"):  # target options
+                i += 2
+        elif opt == "-m" and val == "comment":
+            i += 4
+        else:  # any other match selects packets
+            expr.append({"match": {"op": "==", "left": {"opaque": opt}, "right": val}})
+            i += 1
+            while i < len(args) and not args[i].startswith("-") and args[i] != "!":
+                i += 1
+    return {"rule": {"family": family, "table": "filter", "chain": chain, "expr": expr}}
+
+
+def from_iptables_save(text, family):
+    """The filter table of ``iptables-save`` output in the ``nft -j list ruleset`` form."""
+    items, inside = [], False
+    for line in text.splitlines():
+        if line.startswith("*"):
+            inside = line == "*filter"
+        elif inside and line.startswith(":"):
+            name, policy = line[1:].split()[:2]
+            hook = {"INPUT": "input", "FORWARD": "forward", "OUTPUT": "output"}.get(name)
+            chain = {"family": family, "table": "filter", "name": name}
+            if hook:
+                chain.update(type="filter", hook=hook, policy=policy.lower())
+            items.append({"chain": chain})
+        elif inside and line.startswith("-A "):
+            parts = shlex.split(line)
+            items.append(_ipt_rule(family, parts[1], parts[2:]))
+    return {"nftables": items}
+
+
+def read_blockers(module, table, tunnels, run):
+    """Foreign blocking chains on the host: nftables (iptables-nft included) and iptables-legacy.
+
+    ``run(argv)`` returns (rc, stdout). Without ``nft``, ``iptables-save`` of
+    whichever flavour is installed is read instead.
+    """
+    found = []
+    nft = module.get_bin_path("nft")
+    sources = []
+    if nft:
+        rc, out = run([nft, "-j", "list", "ruleset"])
+        if rc == 0 and out.strip():
+            sources.append(json.loads(out))
+    saves = [("ip", "iptables-legacy-save"), ("ip6", "ip6tables-legacy-save")]
+    if not nft:
+        saves += [("ip", "iptables-save"), ("ip6", "ip6tables-save")]
+    for family, name in saves:
+        binary = module.get_bin_path(name)
+        if binary:
+            rc, out = run([binary, "-t", "filter"])
+            if rc == 0:
+                sources.append(from_iptables_save(out, family))
+    for source in sources:
+        found += [b for b in blocking_chains(source, table, tunnels) if b not in found]
+    return found
+
+
+def unresolved(blockers, backend, firewalld_zone):
+    """The ``blockers`` the chosen placement does not clear, each with the ``fix`` that would.
+
+    fix ``iptables``: an iptables builtin INPUT/FORWARD chain, cleared by the
+    iptables backend (its jump is inserted first there); ``firewalld``: cleared
+    by binding the tunnel interfaces to a firewalld zone; ``foreign``: only the
+    owner of that chain can clear it.
+    """
+    out = []
+    for b in blockers:
+        if b["family"] in ("ip", "ip6") and b["table"] == "filter" and b["chain"] in ("INPUT", "FORWARD"):
+            fix = "iptables"
+        elif b["family"] == "inet" and b["table"] == "firewalld":
+            fix = "firewalld"
+        else:
+            fix = "foreign"
+        if (fix, backend) == ("iptables", "iptables") or (fix == "firewalld" and firewalld_zone):
+            continue
+        out.append(dict(b, fix=fix))
+    return out

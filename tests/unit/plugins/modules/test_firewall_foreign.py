@@ -119,3 +119,49 @@ def test_hand_made_drop_reached_through_a_jump(verdict):
     ]}
     assert found(rules) == {("ip", "filter", "FORWARD", "forward"): "%s rule in lockdown"
                             % ("drop" if "drop" in verdict else "reject")}
+
+
+@pytest.mark.parametrize("name", ["docker", "ufw"])
+def test_iptables_save_text_gives_the_same_verdict_as_nftables(name):
+    """iptables-legacy has no nftables view: its iptables-save text is analysed the same way."""
+    saved = fw.from_iptables_save((HERE / (name + ".ipv4.save")).read_text(), "ip")
+    nft = {k: v for k, v in found(ruleset(name)).items() if k[0] == "ip"}
+    assert found(saved) == nft
+
+
+def test_iptables_save_jump_first_clears_and_interface_rules_are_decided():
+    text = "\n".join([
+        "*filter", ":INPUT ACCEPT [0:0]", ":FORWARD DROP [0:0]", ":higgs_vpn_forward - [0:0]",
+        "-A FORWARD -i eth1 -j DROP",
+        "-A FORWARD ! -i wg0 -j ACCEPT",
+        '-A INPUT -m comment --comment "lock down" -j REJECT --reject-with icmp-port-unreachable',
+        "COMMIT", ""])
+    assert found(fw.from_iptables_save(text, "ip")) == {
+        ("ip", "filter", "FORWARD", "forward"): "policy drop",
+        ("ip", "filter", "INPUT", "input"): "reject rule in INPUT"}
+    cleared = text.replace("-A FORWARD -i eth1", "-A FORWARD -j higgs_vpn_forward\n-A FORWARD -i eth1")
+    assert ("ip", "filter", "FORWARD", "forward") not in found(fw.from_iptables_save(cleared, "ip"))
+
+
+def test_firewalld_with_the_tunnel_in_the_trusted_zone_is_clear():
+    """Captured after ``firewall-cmd --zone=trusted --add-interface=wg0``."""
+    assert found(ruleset("firewalld-trusted")) == {}
+    assert found(ruleset("firewalld-trusted"), tunnels=["wg1"]) != {}
+
+
+@pytest.mark.parametrize("name, backend, zone, fixes", [
+    ("docker", "nftables", "", {"iptables"}),
+    ("docker", "iptables", "", set()),
+    ("ufw", "nftables", "", {"iptables"}),
+    ("ufw", "iptables", "", set()),
+    ("firewalld", "iptables", "", {"firewalld"}),
+    ("firewalld", "nftables", "trusted", set()),
+])
+def test_unresolved_names_the_fix(name, backend, zone, fixes):
+    blockers = fw.blocking_chains(ruleset(name), "higgs_vpn", ["wg0"])
+    assert {b["fix"] for b in fw.unresolved(blockers, backend, zone)} == fixes
+
+
+def test_a_hand_made_nft_drop_only_its_owner_can_clear():
+    blockers = [dict(family="inet", table="lockdown", chain="fwd", hook="forward", reason="policy drop")]
+    assert fw.unresolved(blockers, "iptables", "trusted") == [dict(blockers[0], fix="foreign")]
