@@ -7,7 +7,7 @@ DOCUMENTATION = r"""
 ---
 module: foreign_firewall
 short_description: Find firewall rules of others that drop the traffic of VPN clients
-version_added: 0.2.0
+version_added: 0.1.0
 description:
   - Reads the whole ruleset of the node (C(nft -j list ruleset), which shows nftables,
     iptables-nft, Docker, ufw and firewalld, and C(iptables-legacy-save) /
@@ -55,7 +55,8 @@ attributes:
   diff_mode:
     support: none
   platform:
-    platforms: debian
+    support: full
+    platforms: posix
 """
 
 EXAMPLES = r"""
