@@ -227,8 +227,9 @@ def blocking_chains(ruleset, table, tunnels, hooks=_HOOKS):
     ``ruleset`` is ``nft -j list ruleset`` (iptables-nft, ufw, Docker and
     firewalld all show there). A base chain on a ``hooks`` hook blocks when its
     policy is drop, or when it (or a chain it jumps to unconditionally) drops or
-    rejects every packet arriving on a ``tunnels`` interface, unless a rule before that point jumps into a chain of
-    the collection (the iptables backend's ``<table>_*`` chains). Our own
+    rejects every packet arriving on a ``tunnels`` interface, unless a rule
+    before that point jumps into the collection's chain for the hook (the
+    iptables backend's ``<table>_forward`` / ``<table>_input``). Our own
     ``inet <table>`` is never foreign. Returns [{family, table, chain, hook,
     reason}] sorted.
     """
@@ -240,7 +241,7 @@ def blocking_chains(ruleset, table, tunnels, hooks=_HOOKS):
         elif "rule" in item:
             r = item["rule"]
             rules.setdefault((r["family"], r["table"], r["chain"]), []).append(r)
-    mark = table + "_"
+    ours = {"%s_%s" % (table, hook) for hook in hooks}
 
     def fate(key, seen):
         """What becomes of a packet no match in ``key`` selects: ("drop", why), ("accept",) or None."""
@@ -248,7 +249,7 @@ def blocking_chains(ruleset, table, tunnels, hooks=_HOOKS):
             verdict = _verdict(rule, tunnels)
             if verdict is None:
                 continue
-            if (_jump_target(rule) or "").startswith(mark):
+            if _jump_target(rule) in ours:
                 return ("accept",)
             kind, target = verdict
             if kind in ("drop", "reject"):

@@ -165,3 +165,10 @@ def test_unresolved_names_the_fix(name, backend, zone, fixes):
 def test_a_hand_made_nft_drop_only_its_owner_can_clear():
     blockers = [dict(family="inet", table="lockdown", chain="fwd", hook="forward", reason="policy drop")]
     assert fw.unresolved(blockers, "iptables", "trusted") == [dict(blockers[0], fix="foreign")]
+
+
+def test_only_the_forwarding_chains_count_as_the_collections_jump():
+    """Another owned set (conn limits: higgs_vpn_conn_forward) does not accept client traffic."""
+    rules = with_first(ruleset("docker"), {"rule": {"family": "ip", "table": "filter", "chain": "FORWARD",
+                                                    "expr": [{"jump": {"target": "higgs_vpn_conn_forward"}}]}})
+    assert ("ip", "filter", "FORWARD", "forward") in found(rules)
