@@ -85,7 +85,7 @@ def _is_ip(value):
     return "%" not in value
 
 
-UUID = string(36, 36, UUID_RE.fullmatch, "Invalid uuid")
+UUID = string(0, 36, UUID_RE.fullmatch, "Invalid uuid")
 IP = string(2, 45, _is_ip, "Invalid ip")
 
 
@@ -903,7 +903,7 @@ def _read_token(path):
     return token
 
 
-def main(argv=None):
+def make_parser():
     parser = argparse.ArgumentParser(prog="boson-relay", description=__doc__.split("\n")[0])
     parser.add_argument("--listen", default="127.0.0.1:3000", help="address:port (default loopback only)")
     parser.add_argument("--public-host", default=os.uname().nodename,
@@ -941,6 +941,12 @@ def main(argv=None):
     parser.add_argument("--write-buffer", type=int, default=256 << 10)
     parser.add_argument("--no-uvloop", action="store_true")
     parser.add_argument("--log-level", default="info")
+    return parser
+
+
+def parse_args(argv=None):
+    """The options, checked; exits 2 naming a bad one."""
+    parser = make_parser()
     args = parser.parse_args(argv)
     for other in args.announce:
         host, _, port = other.rpartition(":")
@@ -952,6 +958,11 @@ def main(argv=None):
             parser.error("--trusted-proxy %s is not an IP address" % proxy)
     if not args.auth_token_file and not args.no_auth:
         parser.error("--auth-token-file is required (or --no-auth for a closed lab)")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     logging.basicConfig(stream=sys.stderr, format="%(levelname)s %(message)s", level=args.log_level.upper())
     logging.getLogger("websockets").setLevel(logging.WARNING)
     token = _read_token(args.auth_token_file) if args.auth_token_file else ""
