@@ -660,6 +660,7 @@ class RelaySocket(wsio.WebSocket):
         self.relay = relay
         self.after_close = 0
         self.abort_timer = None
+        self.refused = False
 
     def connection_made(self, transport):
         super().connection_made(transport)
@@ -672,23 +673,34 @@ class RelaySocket(wsio.WebSocket):
         super().connection_lost(exc)
 
     def data_received(self, data):
-        if self.request is not None and self.proto.state.name != wsio.OPEN:
+        if self.closing:
             self.after_close += len(data)
             if self.after_close > 4096:
-                self.abort()
+                self.transport.abort()
                 return
         super().data_received(data)
         self.check()
 
     def check(self):
         transport = self.transport
-        if transport is None or transport.is_closing():
+        if transport is None:
             return
-        if transport.get_write_buffer_size() > 2 * self.write_limit:
+        if self.closing:
+            if self.abort_timer is None:   # transport.abort: also after close(), with data not sent yet
+                self.abort_timer = self.loop.call_later(2.0, transport.abort)
+        elif transport.get_write_buffer_size() > 2 * self.write_limit:
             self.relay.stats["slow_readers"] += 1
-            self.abort()
-        elif self.request is not None and self.proto.state.name != wsio.OPEN and self.abort_timer is None:
-            self.abort_timer = self.loop.call_later(2.0, self.abort)
+            transport.abort()
+
+    @property
+    def closing(self):
+        """Closing or closed, or an upgrade that was refused: nothing more is to be read."""
+        return self.proto.state.name in ("CLOSING", "CLOSED") or self.refused
+
+    def refuse(self, status, text):
+        self.refused = True
+        self.reject(status, text)
+        self.check()
 
     def send_text(self, text):
         super().send_text(text)
@@ -850,8 +862,10 @@ class HttpConnection(asyncio.Protocol):
         else:
             refused = relay.upgraded(ws, match.group(1), _bearer(headers))
             if refused is not None:
-                ws.reject(*refused)
-        ws.check()   # refused or closed at once: the transport goes within two seconds
+                ws.refuse(*refused)
+        if not ws.is_open:   # a refused upgrade or a failed handshake: the transport goes within two seconds
+            ws.refused = True
+            ws.check()
 
     def raw_head(self, headers):
         """The request head again, for the WebSocket library's own parser."""

@@ -162,6 +162,20 @@ def test_node_socket_needs_the_token_of_that_node(relay):
     node_ws.close()
 
 
+def test_accepted_sockets_stay_open(relay):
+    """Regression: the abort meant for refused upgrades (2 s) must not hit accepted sockets."""
+    node_id, _, node_ws = _node(relay)
+    _, route = relay.route(node_id)
+    client = relay.ws(route["sessionId"], route["sessionToken"])
+    _connected(client)
+    node_ws.recv(timeout=5)   # connect
+    time.sleep(3)
+    client.send(b"\x04\0\0\0later")
+    assert node_ws.recv(timeout=5)[4:] == b"\x04\0\0\0later"
+    client.close()
+    node_ws.close()
+
+
 # 2 -------------------------------------------------------------------------------------------
 def test_heartbeat_and_unregister_need_the_token_of_that_node(relay):
     node_id, token, node_ws = _node(relay)
