@@ -269,8 +269,8 @@ def main():
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "roles" / "relay_connector" / "files"),
                                                        str(ROOT / "tools")]))
     relay = subprocess.Popen([sys.executable, "-m", "boson_relay.server", "--listen", "127.0.0.1:%d" % port,
-                              "--auth-token-file", str(token_file), "--log-level", "debug"], env=env,
-                             stderr=open("/tmp/soak-relay.log", "w"))
+                              "--auth-token-file", str(token_file), "--log-level", "warning"], env=env,
+                             stderr=subprocess.DEVNULL)
     try:
         for _ in range(100):
             try:
