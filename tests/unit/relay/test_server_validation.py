@@ -122,3 +122,24 @@ def test_stored_registration_keeps_only_checked_fields():
                "127.0.0.1")
     stored = json.dumps(relay.nodes[NODE].info)
     assert "junk" not in stored and "more" not in stored and len(stored) < 1000
+
+
+def test_rate_counters_are_pruned_and_bounded(monkeypatch):
+    """Counters of ended windows go; at --max-rate-keys new keys wait instead of growing the table."""
+    relay = server.Relay(server.parse_args(["--no-auth", "--max-rate-keys", "100", "--rate-window", "60"]))
+    now = [1000.0]
+    monkeypatch.setattr(server.time, "monotonic", lambda: now[0])
+    for index in range(100):
+        assert relay.limited(("src", "198.51.100.%d" % index), 5) == 0
+    assert relay.limited(("src", "203.0.113.1"), 5) == 60   # table full: refused, not stored
+    assert len(relay.hits) == 100
+    now[0] += 61
+    relay.prune(now[0])
+    assert relay.hits == {}
+    assert relay.limited(("src", "203.0.113.1"), 5) == 0
+
+
+def test_metrics_refused_to_other_addresses():
+    relay = _relay()
+    assert relay.rest("GET", "/metrics", {}, b"", "192.0.2.1")[0] == 403
+    assert relay.rest("GET", "/metrics", {}, b"", "::1")[0] == 200
