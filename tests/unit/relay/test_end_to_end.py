@@ -64,7 +64,7 @@ def _connector(directory, node_id, relay_ports, wireguard_port, **settings):
         "relays": ["http://127.0.0.1:%d" % p for p in relay_ports], "relay_mode": "failover",
         "wireguard_port": wireguard_port, "listen": "127.0.0.1:%d" % health,
         "ping_interval": 1, "ping_timeout": 3, "backoff_base": 0.2, "backoff_cap": 1,
-        "heartbeat_interval": 5, "uvloop": False, **settings,
+        "heartbeat_interval": 10, "uvloop": False, **settings,
     }
     path = directory / ("connector-%d.json" % health)
     path.write_text(json.dumps(cfg))
