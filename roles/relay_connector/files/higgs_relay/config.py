@@ -53,7 +53,8 @@ class Config:
     location: dict = field(default_factory=dict)
     heartbeat_interval: float = 30.0
     metrics_interval: float = 60.0
-    reregister_interval: float = 300.0
+    # the reference answers heartbeats 200 for a node it forgot: only registering again brings it back
+    reregister_interval: float = 60.0
     ping_interval: float = 10.0
     ping_timeout: float = 10.0
     connect_timeout: float = 10.0
