@@ -360,3 +360,18 @@ def test_orderly_stop_logs_no_reconnect_and_retries_delete_once_on_429(caplog):
     fake = asyncio.run(scenario())
     assert fake.count("delete") == 2
     assert not [line for line in _relay_lines(caplog) if "reconnecting" in line or "trying" in line]
+
+
+# issue 13 item 8 ----------------------------------------------------------------------------------
+def test_announced_relay_behind_a_tls_proxy_is_refused_and_logged(caplog):
+    """A BosonServer behind a TLS proxy announces RELAY_HOST:RELAY_PORT (default localhost:3000)."""
+    async def scenario():
+        daemon = connector.Daemon(_config(["https://relay.example.net"]))
+        for _ in range(3):
+            daemon.discover(daemon.links[0], [{"host": "localhost", "port": 3000, "protocol": "websocket"},
+                                              {"host": "relay.example.net", "port": 3000, "protocol": "websocket"}])
+        return daemon
+    daemon = asyncio.run(scenario())
+    assert [link.relay.name for link in daemon.links] == ["relay.example.net:443"]
+    lines = [line for line in _relay_lines(caplog) if "announced by" in line]
+    assert len(lines) == 2 and "loopback" in lines[0] and "port 3000 differs" in lines[1]

@@ -125,7 +125,7 @@ _HOSTNAME = re.compile(r"(?=.{1,253}\Z)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-
                        r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?")
 
 
-def announced_relays(entries, announcer: Relay, limit: int = MAX_DISCOVERED) -> list:
+def announced_relays(entries, announcer: Relay, limit: int = MAX_DISCOVERED, refused=None) -> list:
     """Relays of a registration answer's ``relayServers``, reached like ``announcer``.
 
     The answer comes from a relay, which is not trusted: only entries
@@ -134,12 +134,18 @@ def announced_relays(entries, announcer: Relay, limit: int = MAX_DISCOVERED) -> 
     is skipped.  Each is reached with the scheme and base path of the relay
     that announced it.  Addresses a relay has no business sending a node to
     (unspecified, multicast, link-local, reserved; loopback unless the
-    announcer itself is on loopback) are skipped too.
+    announcer itself is on loopback) are skipped too, and so is a port other
+    than the announcer's when the announcer is reached over TLS: a BosonServer
+    behind a TLS proxy announces its own plain RELAY_HOST:RELAY_PORT
+    (default localhost:3000), which with the announcer's https scheme would be
+    https://host:3000.  Well-formed entries skipped for a reason are appended
+    to ``refused`` as (host:port, reason) when a list is given.
     """
     if not isinstance(entries, list):
         return []
     base = urlsplit(announcer.api)
     announcer_loopback = _is_loopback(base.hostname)
+    refused = [] if refused is None else refused
     found = []
     for entry in entries[:_ANNOUNCED_SCANNED]:
         if len(found) >= limit:
@@ -152,13 +158,21 @@ def announced_relays(entries, announcer: Relay, limit: int = MAX_DISCOVERED) -> 
         try:
             address = ipaddress.ip_address(host)
         except ValueError:
-            if not _HOSTNAME.fullmatch(host) or (_is_loopback(host) and not announcer_loopback):
+            if not _HOSTNAME.fullmatch(host):
+                continue
+            if _is_loopback(host) and not announcer_loopback:
+                refused.append(("%s:%d" % (host, port), "a loopback name, announced by a relay elsewhere"))
                 continue
         else:
             if (address.is_unspecified or address.is_multicast or address.is_link_local or address.is_reserved
                     or (address.is_loopback and not announcer_loopback)):
+                refused.append(("%s:%d" % (host, port), "an address a relay has no business sending a node to"))
                 continue
             host = "[%s]" % address if address.version == 6 else str(address)
+        if announcer.tls and port != base.port:
+            refused.append(("%s:%d" % (host, port), "port %d differs from the port %d of the TLS relay that announced"
+                            " it (a relay behind a TLS proxy announces its plain port)" % (port, base.port)))
+            continue
         relay = parse_relay("%s://%s:%d%s" % (base.scheme, host, port, base.path))
         if all(relay.name != known.name for known in found):
             found.append(relay)

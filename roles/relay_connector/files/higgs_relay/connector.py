@@ -671,7 +671,12 @@ class Daemon:
         ``all`` each gets a link of its own.
         """
         known = {other.relay.name for other in self.links}
-        for relay in config.announced_relays(entries, link.relay, config.MAX_DISCOVERED + len(known)):
+        refused = []
+        learnt = config.announced_relays(entries, link.relay, config.MAX_DISCOVERED + len(known), refused)
+        for where, why in refused:
+            link.note(("announced", where), logging.WARNING, "relay %s announced by %s refused: %s",
+                      say(where, 80), link.relay.name, why)
+        for relay in learnt:
             if self.discovered >= config.MAX_DISCOVERED:
                 return
             if relay.name in known:
