@@ -846,21 +846,29 @@ def reregister_delay(interval, expires_in):
 class System:
     """CPU, memory, disk and load of the node, from /proc and statvfs (readable unprivileged)."""
 
+    MIN_SPAN = 100   # jiffies (all CPUs) a CPU figure spans at least: shorter ones are noise
+
     def __init__(self):
         self.cpu_mark = _cpu_times()
+        self.cpu_last = None
 
     def cpu(self):
-        """Busy share of all CPUs (%) since the previous call; None if /proc/stat is unreadable."""
-        now = _cpu_times()
-        before, self.cpu_mark = self.cpu_mark, now
-        if now is None or before is None or now[1] <= before[1]:
-            return None if now is None else self.cpu_since_boot(now)
-        busy = 1 - (now[0] - before[0]) / (now[1] - before[1])
-        return round(min(100.0, max(0.0, 100.0 * busy)), 1)
+        """Busy share of all CPUs (%) since the previous figure; None if /proc/stat is unreadable.
 
-    @staticmethod
-    def cpu_since_boot(times):
-        return round(min(100.0, max(0.0, 100.0 * (1 - times[0] / times[1]))), 1) if times[1] else None
+        Until MIN_SPAN jiffies have passed, the previous figure (or the
+        average since boot) is returned and the mark is kept.
+        """
+        now = _cpu_times()
+        if now is None:
+            return None
+        before = self.cpu_mark
+        if before is None or now[1] - before[1] < self.MIN_SPAN:
+            if before is None:
+                self.cpu_mark = now
+            return self.cpu_last if self.cpu_last is not None else _busy(now[0], now[1])
+        self.cpu_mark = now
+        self.cpu_last = _busy(now[0] - before[0], now[1] - before[1])
+        return self.cpu_last
 
     @staticmethod
     def memory():
@@ -894,6 +902,10 @@ class System:
         found = {"cpuUsage": self.cpu(), "memoryUsage": self.memory(), "diskUsage": self.disk(),
                  "loadAverage": self.load()}
         return None if None in found.values() else found
+
+
+def _busy(idle, total):
+    return round(min(100.0, max(0.0, 100.0 * (1 - idle / total))), 1) if total > 0 else None
 
 
 def _cpu_times():
