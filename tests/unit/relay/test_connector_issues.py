@@ -74,6 +74,21 @@ def test_unexpected_error_is_logged_and_ends_the_daemon(monkeypatch, caplog):
     assert any("unexpected error" in line and "int() argument" in line for line in _relay_lines(caplog))
 
 
+def test_an_error_in_a_callback_stops_the_daemon_and_transport_trouble_does_not(caplog):
+    """Callbacks of the data path run outside any task: their errors reach the loop's handler."""
+    async def scenario():
+        daemon = connector.Daemon(_config(["http://127.0.0.1:9"]))
+        loop = asyncio.get_running_loop()
+        loop.call_exception_handler({"message": "Fatal read error", "exception": ConnectionResetError(104, "reset")})
+        assert daemon.failure is None and not daemon.stopping.is_set()
+        loop.call_soon(lambda: {}["missing"])
+        await asyncio.wait_for(daemon.stopping.wait(), 5)
+        return daemon
+    daemon = asyncio.run(scenario())
+    assert isinstance(daemon.failure, KeyError)
+    assert any("unexpected error" in line for line in _relay_lines(caplog))
+
+
 def test_main_exits_70_after_an_unexpected_error(monkeypatch, tmp_path):
     async def failing(cfg):
         return RuntimeError("boom")
