@@ -48,12 +48,12 @@ ARGUMENT_SPEC = dict(
 )
 _COUNTER_RE = re.compile(r"counter packets \d+ bytes \d+")
 _IPT_COUNTS_RE = re.compile(r"\[\d+:\d+\]")
-_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,14}$")
+_NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,14}")
 
 
 def name_error(name):
     """Why ``name`` cannot name an owned table / chain prefix, or None."""
-    if not _NAME_RE.match(name or ""):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         return "use 1-15 lower-case letters, digits or _, starting with a letter"
     return None
 
