@@ -206,14 +206,14 @@ def read_file(path):
         return None
 
 
-def write_file(module, path, text):
+def write_file(module, path, text, mode=0o600, dir_mode=0o700):
     directory = os.path.dirname(path)
     if not os.path.isdir(directory):
-        os.makedirs(directory, mode=0o700)
+        os.makedirs(directory, mode=dir_mode)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".higgs-")
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
-    os.chmod(tmp, 0o600)
+    os.chmod(tmp, mode)
     module.atomic_move(tmp, path)
 
 

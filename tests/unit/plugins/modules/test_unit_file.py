@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import stat
+from pathlib import Path
 
 import pytest
 from ansible.module_utils.basic import AnsibleModule
@@ -28,10 +29,10 @@ def analyze(monkeypatch):
     def run_command(self, args, environ_update=None, **kwargs):
         search = environ_update["SYSTEMD_UNIT_PATH"].rstrip(":")
         files = [os.path.join(d, f) for d, _, names in os.walk(search) for f in names]
-        calls.append(dict(args=args, files={os.path.relpath(f, search): open(f).read() for f in files}))
+        calls.append(dict(args=args, files={os.path.relpath(f, search): Path(f).read_text() for f in files}))
         err = []
         for path in files:
-            for number, line in enumerate(open(path).read().splitlines(), 1):
+            for number, line in enumerate(Path(path).read_text().splitlines(), 1):
                 if line.startswith("Bogus"):
                     err.append("%s:%d: Unknown key 'Bogus' in section [Service], ignoring." % (path, number))
         if state["other_unit_warning"]:
