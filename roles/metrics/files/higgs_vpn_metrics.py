@@ -139,9 +139,7 @@ def wireguard(cfg: dict, fam: dict[str, Family]) -> None:
     dump = parse_wg_dump(run(["wg", "show", "all", "dump"]))
     wanted = set(cfg.get("wireguard_interfaces") or dump)
     for iface in sorted(wanted & set(dump)):
-        # the unit hands the root-only peer files over as credentials
-        base = os.environ.get("CREDENTIALS_DIRECTORY") or cfg.get("wireguard_dir", "/etc/wireguard")
-        path = Path(base) / (iface + ".peers")
+        path = Path(cfg.get("wireguard_dir", "/etc/wireguard")) / (iface + ".peers")
         try:
             names = peer_names(path.read_text())
         except OSError:

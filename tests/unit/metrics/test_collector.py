@@ -199,11 +199,3 @@ def test_main_refuses_a_bad_config(tmp_path):
     config.write_text("{not json")
     assert m.main(["--config", str(config)]) == 78
 
-
-def test_peer_names_come_from_the_credentials_of_the_unit(node, tmp_path, monkeypatch):
-    """The collector runs unprivileged: the unit hands it the root-only peer files as credentials."""
-    credentials = tmp_path / "credentials"
-    credentials.mkdir()
-    (tmp_path / "wireguard" / "wg0.peers").rename(credentials / "wg0.peers")
-    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
-    assert f'public_key="{ALICE}",name="alice"' in m.collect(node)
