@@ -7,6 +7,9 @@ Pure functions: the owned objects are applied and persisted by ``_owned``.
 
 from __future__ import annotations
 
+import json
+import shlex
+
 from ansible_collections.higgs.vpn.plugins.module_utils._net import collapse
 from ansible_collections.higgs.vpn.plugins.module_utils._owned import iptables_restore
 
@@ -157,3 +160,225 @@ def render_iptables(policy, ver):
         nat["postrouting"] = ["-s %s -o %s -j %s" % (net, spec["interface"], action)
                               for net in policy.clients[ver]]
     return iptables_restore(policy.table, {"filter": chains, "nat": nat})
+
+
+# ---------------------------------------------------------------------------
+# Foreign firewalls (Docker, ufw, firewalld, hand-made rules)
+# ---------------------------------------------------------------------------
+
+# Statements that neither select packets nor end the chain.
+_NEUTRAL = frozenset(("counter", "log", "comment"))
+_HOOKS = ("forward", "input")
+
+
+def _iif_match(value, tunnels):
+    """True/False when ``value`` is a match on the input interface (does client traffic pass it?), else None."""
+    if not isinstance(value, dict) or value.get("left") != {"meta": {"key": "iifname"}}:
+        return None
+    right = value.get("right")
+    names = set(right.get("set", [])) if isinstance(right, dict) else {right}
+    hit = bool(names & set(tunnels))
+    return hit if value.get("op") in ("==", "in") else not hit
+
+
+def _verdict(rule, tunnels):
+    """(verdict, jump target) of a rule every client packet matches; None when it selects.
+
+    A match on the input interface is decided for client traffic (it arrives on
+    a tunnel interface); any other match makes the rule selective.
+    """
+    verdict = None
+    for stmt in rule.get("expr") or []:
+        (key, value), = stmt.items()
+        if key in _NEUTRAL:
+            continue
+        if key == "match" and _iif_match(value, tunnels) is not None:
+            if _iif_match(value, tunnels):
+                continue
+            return None
+        if key == "xt":
+            name = (value or {}).get("name", "")
+            if value.get("type") == "match" and name == "comment":
+                continue
+            if value.get("type") == "target" and name == "REJECT":
+                verdict = ("reject", None)
+                continue
+            return None
+        if key in ("drop", "reject", "accept", "return"):
+            verdict = (key, None)
+        elif key in ("jump", "goto"):
+            verdict = ("jump", value["target"])
+        else:
+            return None
+    return verdict or ("continue", None)
+
+
+def _jump_target(rule):
+    for stmt in rule.get("expr") or []:
+        for key in ("jump", "goto"):
+            if key in stmt:
+                return stmt[key]["target"]
+    return None
+
+
+def blocking_chains(ruleset, table, tunnels, hooks=_HOOKS):
+    """Foreign base chains that drop client traffic whatever the collection accepts.
+
+    ``ruleset`` is ``nft -j list ruleset`` (iptables-nft, ufw, Docker and
+    firewalld all show there). A base chain on a ``hooks`` hook blocks when its
+    policy is drop, or when it (or a chain it jumps to unconditionally) drops or
+    rejects every packet arriving on a ``tunnels`` interface, unless a rule
+    before that point jumps into the collection's chain for the hook (the
+    iptables backend's ``<table>_forward`` / ``<table>_input``). Our own
+    ``inet <table>`` is never foreign. Returns [{family, table, chain, hook,
+    reason}] sorted.
+    """
+    chains, rules = {}, {}
+    for item in ruleset.get("nftables", []):
+        if "chain" in item:
+            c = item["chain"]
+            chains[(c["family"], c["table"], c["name"])] = c
+        elif "rule" in item:
+            r = item["rule"]
+            rules.setdefault((r["family"], r["table"], r["chain"]), []).append(r)
+    ours = {"%s_%s" % (table, hook) for hook in hooks}
+
+    def fate(key, seen):
+        """What becomes of a packet no match in ``key`` selects: ("drop", why), ("accept",) or None."""
+        for rule in rules.get(key, []):
+            verdict = _verdict(rule, tunnels)
+            if verdict is None:
+                continue
+            if _jump_target(rule) in ours:
+                return ("accept",)
+            kind, target = verdict
+            if kind in ("drop", "reject"):
+                return ("drop", "%s rule in %s" % (kind, key[2]))
+            if kind == "accept":
+                return ("accept",)
+            if kind == "return":
+                return None
+            sub = (key[0], key[1], target)
+            if kind == "jump" and sub not in seen:
+                result = fate(sub, seen | {sub})
+                if result:
+                    return result
+        return None
+
+    found = []
+    for key, chain in sorted(chains.items()):
+        if chain.get("hook") not in hooks or chain.get("type") != "filter":
+            continue
+        if key[0] == "inet" and key[1] == table:
+            continue
+        result = fate(key, {key}) or (("drop", "policy drop") if chain.get("policy") == "drop" else None)
+        if result and result[0] == "drop":
+            reason = result[1]
+            found.append(dict(family=key[0], table=key[1], chain=key[2], hook=chain["hook"], reason=reason))
+    return found
+
+
+def describe_blocker(b):
+    return "%s %s %s (hook %s, %s)" % (b["family"], b["table"], b["chain"], b["hook"], b["reason"])
+
+
+def _ipt_rule(family, chain, args):
+    """One ``iptables-save`` rule as the JSON ``nft -j`` would list (the parts the analysis reads)."""
+    expr, i = [], 0
+    while i < len(args):
+        neg = args[i] == "!"
+        if neg:
+            i += 1
+        opt = args[i]
+        val = args[i + 1] if i + 1 < len(args) else ""
+        if opt in ("-i", "--in-interface"):
+            expr.append({"match": {"op": "!=" if neg else "==", "left": {"meta": {"key": "iifname"}}, "right": val}})
+            i += 2
+        elif opt in ("-j", "-g"):
+            verdicts = {"DROP": {"drop": None}, "ACCEPT": {"accept": None}, "RETURN": {"return": None},
+                        "REJECT": {"reject": None}}
+            if val in verdicts:
+                expr.append(verdicts[val])
+            elif val.isupper() and val.isalpha():  # an extension target (LOG, MASQUERADE, ...)
+                expr.append({"counter": None} if val == "LOG" else {"xt": {"type": "target", "name": val}})
+            else:
+                expr.append({"jump" if opt == "-j" else "goto": {"target": val}})
+            i += 2
+            while i < len(args) and args[i].startswith("--"):  # target options
+                i += 2
+        elif opt == "-m" and val == "comment":
+            i += 4
+        else:  # any other match selects packets
+            expr.append({"match": {"op": "==", "left": {"opaque": opt}, "right": val}})
+            i += 1
+            while i < len(args) and not args[i].startswith("-") and args[i] != "!":
+                i += 1
+    return {"rule": {"family": family, "table": "filter", "chain": chain, "expr": expr}}
+
+
+def from_iptables_save(text, family):
+    """The filter table of ``iptables-save`` output in the ``nft -j list ruleset`` form."""
+    items, inside = [], False
+    for line in text.splitlines():
+        if line.startswith("*"):
+            inside = line == "*filter"
+        elif inside and line.startswith(":"):
+            name, policy = line[1:].split()[:2]
+            hook = {"INPUT": "input", "FORWARD": "forward", "OUTPUT": "output"}.get(name)
+            chain = {"family": family, "table": "filter", "name": name}
+            if hook:
+                chain.update(type="filter", hook=hook, policy=policy.lower())
+            items.append({"chain": chain})
+        elif inside and line.startswith("-A "):
+            parts = shlex.split(line)
+            items.append(_ipt_rule(family, parts[1], parts[2:]))
+    return {"nftables": items}
+
+
+def read_blockers(module, table, tunnels, run):
+    """Foreign blocking chains on the host: nftables (iptables-nft included) and iptables-legacy.
+
+    ``run(argv)`` returns (rc, stdout). Without ``nft``, ``iptables-save`` of
+    whichever flavour is installed is read instead.
+    """
+    found = []
+    nft = module.get_bin_path("nft")
+    sources = []
+    if nft:
+        rc, out = run([nft, "-j", "list", "ruleset"])
+        if rc == 0 and out.strip():
+            sources.append(json.loads(out))
+    saves = [("ip", "iptables-legacy-save"), ("ip6", "ip6tables-legacy-save")]
+    if not nft:
+        saves += [("ip", "iptables-save"), ("ip6", "ip6tables-save")]
+    for family, name in saves:
+        binary = module.get_bin_path(name)
+        if binary:
+            rc, out = run([binary, "-t", "filter"])
+            if rc == 0:
+                sources.append(from_iptables_save(out, family))
+    for source in sources:
+        found += [b for b in blocking_chains(source, table, tunnels) if b not in found]
+    return found
+
+
+def unresolved(blockers, backend, firewalld_zone):
+    """The ``blockers`` the chosen placement does not clear, each with the ``fix`` that would.
+
+    fix ``iptables``: an iptables builtin INPUT/FORWARD chain, cleared by the
+    iptables backend (its jump is inserted first there); ``firewalld``: cleared
+    by binding the tunnel interfaces to a firewalld zone; ``foreign``: only the
+    owner of that chain can clear it.
+    """
+    out = []
+    for b in blockers:
+        if b["family"] in ("ip", "ip6") and b["table"] == "filter" and b["chain"] in ("INPUT", "FORWARD"):
+            fix = "iptables"
+        elif b["family"] == "inet" and b["table"] == "firewalld":
+            fix = "firewalld"
+        else:
+            fix = "foreign"
+        if (fix, backend) == ("iptables", "iptables") or (fix == "firewalld" and firewalld_zone):
+            continue
+        out.append(dict(b, fix=fix))
+    return out

@@ -247,9 +247,10 @@ class Nftables:
 class Iptables:
     """Owned chains in iptables and ip6tables; ``rendered`` is {"ipv4": text, "ipv6": text}.
 
-    iptables-nft creates a builtin chain (an nftables base chain) when a jump
-    is first added to it; the ones this caused are recorded and deleted again
-    on removal, so that the nftables view of the host is restored as well.
+    iptables-nft creates a table and a builtin chain (an nftables base chain)
+    when a chain or jump is first added to it; the ones this caused are
+    recorded (``fam table chain`` and ``fam table`` lines) and deleted again on
+    removal once empty, so that the nftables view of the host is restored too.
     """
 
     def __init__(self, module, name, persist_dir, required):
@@ -278,25 +279,28 @@ class Iptables:
                 result["ipv%d" % ver] = owned
         return result
 
-    def created_chains(self):
+    def created(self, size):
+        """Recorded base chains (``size`` 3) or tables (``size`` 2) iptables-nft made for us."""
         text = read_file(self.created_path) or ""
-        return sorted({tuple(line.split()) for line in text.splitlines() if len(line.split()) == 3})
+        return sorted({tuple(line.split()) for line in text.splitlines() if len(line.split()) == size})
 
-    def _base_chain_exists(self, ver, table, chain):
+    def _nft_exists(self, ver, *what):
         family = "ip" if ver == 4 else "ip6"
-        rc, _out, _err = run(self.module, [self.nft, "list", "chain", family, table, chain], ok_rc=(0, 1))
+        kind = "chain" if len(what) == 2 else "table"
+        rc, _out, _err = run(self.module, [self.nft, "list", kind, family, *what], ok_rc=(0, 1))
         return rc == 0
 
     def apply(self, rendered):
-        created = set(self.created_chains())
+        created = set(self.created(3)) | set(self.created(2))
         for ver in IPT_BINS:
             missing = missing_jumps(self.name, self.saved(ver))
             if self.nft:
-                created |= {("ipv%d" % ver, t, b) for t, b, _s in missing if not self._base_chain_exists(ver, t, b)}
+                created |= {("ipv%d" % ver, t) for t in ("filter", "nat") if not self._nft_exists(ver, t)}
+                created |= {("ipv%d" % ver, t, b) for t, b, _s in missing if not self._nft_exists(ver, t, b)}
             text = add_jumps(strip_jumps(rendered["ipv%d" % ver], self.name), self.name, missing)
             run(self.module, [self.bins[ver][2], "-w", "--noflush"], data=text)
         if created:
-            write_file(self.module, self.created_path, "".join("%s %s %s\n" % c for c in sorted(created)))
+            write_file(self.module, self.created_path, "".join(" ".join(c) + "\n" for c in sorted(created)))
 
     def remove(self):
         if None not in self.bins[4] + self.bins[6]:
@@ -304,11 +308,16 @@ class Iptables:
                 text = removal_text(self.name, self.saved(ver))
                 if text:
                     run(self.module, [self.bins[ver][2], "-w", "--noflush"], data=text)
-        for fam, table, chain in self.created_chains():
+        for fam, table, chain in self.created(3):
             binary = self.bins[int(fam[-1])][0]
             _rc, rules, _err = run(self.module, [binary, "-w", "-t", table, "-S", chain])
             if all(line.startswith("-P ") for line in rules.splitlines()):
                 run(self.module, [binary, "-w", "-t", table, "-X", chain])
+        for fam, table in self.created(2) if self.nft else ():
+            family = "ip" if fam == "ipv4" else "ip6"
+            rc, listing, _err = run(self.module, [self.nft, "list", "table", family, table], ok_rc=(0, 1))
+            if rc == 0 and "\tchain " not in listing:
+                run(self.module, [self.nft, "delete", "table", family, table])
         if os.path.exists(self.created_path):
             os.unlink(self.created_path)
 

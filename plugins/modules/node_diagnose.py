@@ -11,7 +11,8 @@ version_added: 0.1.0
 description:
   - Reads the node's state and returns one structured check per part, each with C(ok) and a
     readable C(detail), plus RV(healthy) and a RV(summary) of one line per check.
-  - Checks forwarding, the owned firewall and its NAT counter, the WireGuard interface and
+  - Checks forwarding, the owned firewall and its NAT counter, foreign firewalls (Docker,
+    ufw, firewalld, hand-made rules) dropping what arrives on O(interface), the WireGuard interface and
     the last handshake of each peer, the tunnel MTU against the egress MTU, the resolver on
     the tunnel addresses, and optionally the traffic shaping and the relay connector.
   - Never changes anything. The playbook C(higgs.vpn.diagnose) prints the summary and fails
@@ -113,6 +114,8 @@ import urllib.error
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.urls import open_url
+
+from ansible_collections.higgs.vpn.plugins.module_utils import _firewall as fw
 
 ENV = {"LANG": "C", "LC_ALL": "C"}
 
@@ -262,6 +265,27 @@ def relay_checks(status, health):
     return checks
 
 
+def foreign_firewall_check(module, params):
+    """Every foreign forward/input base chain that drops client traffic now.
+
+    Catches a foreign service that inserted a drop after the converge, and the
+    collection's jump or table removed behind its back on a node whose other
+    firewall then drops everything (Docker's or ufw's FORWARD policy).
+    """
+    def read(argv):
+        rc, out, _err = run(module, argv)
+        return rc, out
+
+    try:
+        blockers = fw.read_blockers(module, params["firewall_table"], [params["interface"]], read)
+    except ValueError as exc:
+        return check("foreign firewall", False, "cannot read the ruleset: %s" % exc)
+    if blockers:
+        return check("foreign firewall", False, "client traffic on %s dropped by %s"
+                     % (params["interface"], "; ".join(fw.describe_blocker(b) for b in blockers)))
+    return check("foreign firewall", True, "no other firewall drops what arrives on %s" % params["interface"])
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
@@ -279,7 +303,7 @@ def main():
     params = module.params
     iface = params["interface"]
     ip = module.get_bin_path("ip", required=True)
-    checks = [forwarding_check(), firewall_check(module, params)]
+    checks = [forwarding_check(), firewall_check(module, params), foreign_firewall_check(module, params)]
 
     peers = []
     wg = module.get_bin_path("wg")

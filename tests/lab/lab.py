@@ -7,7 +7,8 @@ write ``net.*`` sysctls inside a container, including after a restart.
 
 Topology comes from the molecule platforms; each platform may carry::
 
-    lab_image: higgs-lab:bookworm          # default
+    lab_image: higgs-lab:bookworm          # default; higgs-lab-fw:<suite> adds
+                                           # ufw and firewalld (built on first use)
     lab_networks:                          # docker networks, all internal
       uplink: [10.41.0.2/24, fd00:41::2/64]
     lab_routes:                            # re-applied at every boot
@@ -114,21 +115,22 @@ def build_base(suite: str) -> None:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def build_lab(suite: str) -> None:
+def build_lab(suite: str, layer: str = "") -> None:
     """The lab layer: every package the roles and the tests use, baked in.
 
     Lab networks are internal (no mirror), so packages come with the image;
-    the roles' install tasks then find them present.
+    the roles' install tasks then find them present. ``layer`` "fw" builds
+    higgs-lab-fw:<suite> (Dockerfile.fw) over higgs-lab:<suite>.
     """
-    dockerfile = (HERE / "Dockerfile").read_text()
-    digest = hashlib.sha256(dockerfile.encode()).hexdigest()[:16]
-    name = f"higgs-lab:{suite}"
+    dockerfile = HERE / ("Dockerfile" + (f".{layer}" if layer else ""))
+    digest = hashlib.sha256(dockerfile.read_bytes()).hexdigest()[:16]
+    name = f"higgs-lab{'-' + layer if layer else ''}:{suite}"
     if image_label(name, f"{LABEL}.digest") == digest:
         return
     print(f"lab: building {name}", flush=True)
     docker(
         "build", "-q", "--network", "bridge", "--build-arg", f"SUITE={suite}",
-        "--label", f"{LABEL}.digest={digest}", "-t", name, str(HERE),
+        "--label", f"{LABEL}.digest={digest}", "-f", str(dockerfile), "-t", name, str(HERE),
     )
 
 
@@ -196,6 +198,9 @@ def radvd_conf(plat: dict) -> str:
 
 def create(scenario: str, platforms: list[dict]) -> list[dict]:
     destroy(scenario, platforms)
+    for image in sorted({p.get("lab_image", "") for p in platforms}):
+        if image.startswith("higgs-lab-fw:"):
+            build_lab(image.split(":")[1], "fw")
     for name, spec in networks_of(scenario, platforms).items():
         args = ["network", "create", "--internal", "--label", f"{LABEL}.scenario={scenario}"]
         if spec["v4"]:

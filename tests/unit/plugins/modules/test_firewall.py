@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 import pytest
@@ -56,3 +57,22 @@ def test_documented_options_match_the_argument_spec():
     for name, spec in firewall.ARGUMENT_SPEC.items():
         for key in ("type", "elements", "choices", "default"):
             assert doc[name].get(key) == spec.get(key), f"{name}.{key}"
+
+
+ROLE_DEFAULTS = yaml.safe_load(
+    (Path(__file__).parents[4] / "roles/forwarding/defaults/main.yml").read_text())
+
+
+@pytest.mark.parametrize("address", [
+    "64:ff9b::c0a8:101",      # NAT64 of 192.168.1.1 (RFC 6052)
+    "64:ff9b:1::a00:1",       # local-use NAT64 (RFC 8215)
+    "2002:c0a8:101::1",       # 6to4 of 192.168.1.1
+    "::ffff:192.168.1.1",     # IPv4-mapped
+])
+def test_default_blocked_destinations_cover_ipv4_embedded_in_ipv6(address):
+    """Issue 12 item 19: on a NAT64 network these reach the owner's IPv4 LAN."""
+    blocked = [ipaddress.ip_network(n) for n in ROLE_DEFAULTS["forwarding_blocked_destinations"]]
+    addr = ipaddress.ip_address(address)
+    assert any(addr in net for net in blocked if net.version == 6)
+    text = firewall.render(params({"blocked_destinations": ROLE_DEFAULTS["forwarding_blocked_destinations"]}))
+    assert str(next(n for n in blocked if n.version == 6 and addr in n)) in text["nftables"]

@@ -1,0 +1,120 @@
+"""Removal with the iptables backend restores the nftables view exactly (issue 15).
+
+iptables-nft creates a table (and the builtin chains a jump needs) on first
+use; removal must delete what was created for the collection, and nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from ansible_collections.higgs.vpn.plugins.module_utils import _owned
+from ansible_collections.higgs.vpn.plugins.modules import firewall
+
+BUILTIN = {"filter": ("INPUT", "FORWARD", "OUTPUT"), "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING")}
+
+
+class IptablesNft:
+    """Tables {(family, table): {chain: [rules]}} as iptables-nft keeps them in nftables."""
+
+    def __init__(self, tables):
+        self.tables = {key: {c: list(r) for c, r in chains.items()} for key, chains in tables.items()}
+
+    def view(self):
+        return {key: {c: list(r) for c, r in chains.items()} for key, chains in self.tables.items()}
+
+    def run(self, argv, data=None, **_kwargs):
+        tool = os.path.basename(argv[0])
+        fam = "ip6" if tool.startswith("ip6") else "ip"
+        if tool == "nft":
+            fam, what = argv[3], tuple(argv[4:])
+            if argv[1] == "delete":
+                del self.tables[(fam, what[0])]
+                return 0, "", ""
+            table = self.tables.get((fam, what[0]))
+            if table is None or (len(what) == 2 and what[1] not in table):
+                return 1, "", "Error: No such file or directory"
+            return 0, "table %s %s {\n%s}\n" % (fam, what[0], "".join("\tchain %s {\n\t}\n" % c for c in table)), ""
+        if tool.endswith("-save"):
+            name = argv[argv.index("-t") + 1]
+            chains = self.tables.get((fam, name))
+            if chains is None:
+                return 0, "", ""
+            lines = ["*" + name] + [":%s %s [0:0]" % (c, "ACCEPT" if c in BUILTIN[name] else "-") for c in chains]
+            lines += ["-A %s %s" % (c, r) for c, rules in chains.items() for r in rules]
+            return 0, "\n".join([*lines, "COMMIT", ""]), ""
+        if tool.endswith("-restore"):
+            table = None
+            for line in data.splitlines():
+                parts = line.split()
+                if line.startswith("*"):
+                    table = self.tables.setdefault((fam, line[1:]), {})
+                elif line.startswith(":"):
+                    table.setdefault(parts[0][1:], [])
+                elif parts and parts[0] == "-X":
+                    del table[parts[1]]
+                elif parts and parts[0] == "-F":
+                    table[parts[1]] = []
+                elif parts and parts[0] in ("-A", "-I", "-D"):
+                    rule = " ".join(parts[3:] if parts[0] == "-I" else parts[2:])
+                    chain = table.setdefault(parts[1], [])
+                    if parts[0] == "-A":
+                        chain.append(rule)
+                    elif parts[0] == "-I":
+                        chain.insert(0, rule)
+                    else:
+                        chain.remove(rule)
+            return 0, "", ""
+        table = self.tables[(fam, argv[argv.index("-t") + 1])]
+        if "-S" in argv:
+            chain = argv[argv.index("-S") + 1]
+            return 0, "\n".join(["-P %s ACCEPT" % chain] + ["-A %s %s" % (chain, r) for r in table[chain]]), ""
+        del table[argv[argv.index("-X") + 1]]
+        return 0, "", ""
+
+
+class Module:
+    check_mode = False
+    _diff = False
+
+    def __init__(self, host):
+        self.host = host
+
+    def get_bin_path(self, name, required=False):
+        return "/usr/sbin/" + name
+
+    def run_command(self, argv, **kwargs):
+        return self.host.run(argv, **kwargs)
+
+    def atomic_move(self, src, dest):
+        os.replace(src, dest)
+
+    def fail_json(self, **kwargs):
+        raise AssertionError(kwargs)
+
+
+PARAMS = dict(state="present", backend="iptables", table="higgs_vpn", tunnel_interfaces=["wg0"],
+              persist_dir="", client_subnets=["10.66.0.0/24", "fd66::/64"],
+              egress_ipv4={"interface": "eth0", "snat": None}, egress_ipv6={"interface": "eth0", "snat": None},
+              nat66=True, blocked_destinations=[], allowed_destinations=[], client_to_client=False,
+              mss_clamp=True, node_services=[])
+
+
+@pytest.mark.parametrize("foreign", [
+    {},                                                                            # nothing
+    {("ip", "nat"): {"POSTROUTING": ["-s 192.0.2.0/24 -j MASQUERADE"]}},           # only table ip nat
+    {("ip", "filter"): {"FORWARD": ["-j ufw-before-forward"], "ufw-before-forward": []},
+     ("ip6", "filter"): {"FORWARD": ["-j ufw6-before-forward"], "ufw6-before-forward": []}},  # ufw-like
+])
+def test_removal_deletes_the_tables_created_for_the_owned_chains(tmp_path, foreign):
+    host = IptablesNft(foreign)
+    before = host.view()
+    module = Module(host)
+    persist = str(tmp_path / "fw")
+    rendered = firewall.render(dict(PARAMS, persist_dir=persist))
+    _owned.sync(module, "iptables", "higgs_vpn", persist, rendered)
+    assert ("ip6", "nat") in host.tables and "higgs_vpn_postrouting" in host.tables[("ip6", "nat")]
+    _owned.sync(module, "iptables", "higgs_vpn", persist, state="absent")
+    assert host.view() == before
