@@ -16,6 +16,11 @@ def invalid_ifnames(names):
     return ["%r %s" % (n, _net.ifname_error(n)) for n in names if _net.ifname_error(n)]
 
 
+def control_char_errors(values):
+    """['name[0].key contains the control character ...', ...]; see control_char_errors.yml."""
+    return _net.control_char_errors(values)
+
+
 def invalid_networks(values, strict=True):
     """['value: reason', ...] for the entries that are not networks in CIDR form."""
     if isinstance(values, str):
@@ -45,6 +50,7 @@ class FilterModule:
     def filters(self):
         return {
             "invalid_ifnames": invalid_ifnames,
+            "control_char_errors": control_char_errors,
             "invalid_networks": invalid_networks,
             "overlapping": overlapping,
             "host_networks": host_networks,

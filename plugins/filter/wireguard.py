@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import re
 
 from ansible.errors import AnsibleFilterError
 
@@ -109,6 +110,11 @@ def wg_peer_list(clients, addresses, keys=None):
     return peers
 
 
+# A client's name becomes a file name on the controller and a comment in the
+# node's peer file: no path separator, no leading dot, no control character.
+CLIENT_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
 def wg_endpoint(host, port):
     """'host:port' for a client profile; see wg_endpoint.yml."""
     host = str(host or "").strip()
@@ -166,6 +172,10 @@ def wg_client_errors(clients, node_addresses, variable="wireguard_clients"):
         name = client.get("name")
         if not isinstance(name, str) or not name.strip():
             errors.append("%s.name is missing; every client needs a unique name" % where)
+        elif not CLIENT_NAME_RE.fullmatch(name):
+            errors.append("%s.name %r is not a safe name: it names the client's files on the controller "
+                          "(<name>.conf, .key, .png); use 1-64 letters, digits, _ . - starting with a "
+                          "letter or digit (e.g. alice-phone)" % (where, name))
         else:
             where = "%s[%d] (%s)" % (variable, index, name)
             if name in names:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import ipaddress
 import re
 
-IFNAME_RE = re.compile(r"^[A-Za-z0-9_.@:-]{1,15}$")
+# fullmatch: a "$" would accept a trailing newline
+IFNAME_RE = re.compile(r"[A-Za-z0-9_.@:-]{1,15}")
 
 # Destinations a client must not reach unless explicitly allowed: private,
 # shared (CGNAT), loopback, link-local, multicast and reserved ranges.
@@ -19,6 +20,37 @@ DEFAULT_BLOCKED_IPV4 = (
     "172.16.0.0/12", "192.168.0.0/16", "224.0.0.0/4", "240.0.0.0/4",
 )
 DEFAULT_BLOCKED_IPV6 = ("::1/128", "fc00::/7", "fe80::/10", "ff00::/8")
+
+# C0 and C1 control characters, DEL and the Unicode line and paragraph
+# separators: a value carrying one of them would start a new line (or hide
+# text) in a configuration file or unit rendered from it.
+CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def control_char_errors(values):
+    """'where: contains ...' for every string in ``values`` (nested dicts/lists) with a control character.
+
+    ``values`` maps a variable name to its value. Values are never quoted in
+    the messages (they may be keys or tokens): only the path and the position.
+    """
+    errors = []
+
+    def walk(where, value):
+        if isinstance(value, str):
+            found = CONTROL_RE.search(value)
+            if found:
+                errors.append("%s contains the control character %s at position %d; give it on one line "
+                              "without control characters" % (where, repr(found.group())[1:-1], found.start()))
+        elif isinstance(value, dict):
+            for key in sorted(value, key=str):
+                walk("%s.%s" % (where, key), value[key])
+        elif isinstance(value, (list, tuple)):
+            for index, item in enumerate(value):
+                walk("%s[%d]" % (where, index), item)
+
+    for name in sorted(values or {}):
+        walk(name, values[name])
+    return errors
 
 
 def ifname_error(name):
@@ -29,7 +61,7 @@ def ifname_error(name):
         return "must not be '.' or '..'"
     if len(name) > 15:
         return "is %d characters long; Linux allows at most 15" % len(name)
-    if not IFNAME_RE.match(name):
+    if not IFNAME_RE.fullmatch(name):
         return "may only contain letters, digits and _ . @ : -"
     return None
 

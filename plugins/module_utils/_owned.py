@@ -48,12 +48,12 @@ ARGUMENT_SPEC = dict(
 )
 _COUNTER_RE = re.compile(r"counter packets \d+ bytes \d+")
 _IPT_COUNTS_RE = re.compile(r"\[\d+:\d+\]")
-_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,14}$")
+_NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,14}")
 
 
 def name_error(name):
     """Why ``name`` cannot name an owned table / chain prefix, or None."""
-    if not _NAME_RE.match(name or ""):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         return "use 1-15 lower-case letters, digits or _, starting with a letter"
     return None
 
@@ -206,14 +206,14 @@ def read_file(path):
         return None
 
 
-def write_file(module, path, text):
+def write_file(module, path, text, mode=0o600, dir_mode=0o700):
     directory = os.path.dirname(path)
     if not os.path.isdir(directory):
-        os.makedirs(directory, mode=0o700)
+        os.makedirs(directory, mode=dir_mode)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".higgs-")
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
-    os.chmod(tmp, 0o600)
+    os.chmod(tmp, mode)
     module.atomic_move(tmp, path)
 
 

@@ -31,7 +31,8 @@ import json
 import re
 
 UNITS = {"bit": 1, "kbit": 10 ** 3, "mbit": 10 ** 6, "gbit": 10 ** 9, "tbit": 10 ** 12}
-_RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]+)\s*$")
+# spaces only (no tab, newline or other control character), whole string
+_RATE_RE = re.compile(r" *(\d+(?:\.\d+)?) *([a-zA-Z]+) *")
 MAX_RATE = 10 ** 13
 
 ROOT = "1:"
@@ -65,7 +66,7 @@ def parse_rate(value):
     Raises ValueError with the reason; the caller names the variable.
     """
     text = str(value)
-    match = _RATE_RE.match(text)
+    match = _RATE_RE.fullmatch(text)
     if not match or match.group(2).lower() not in UNITS:
         hint = ""
         if match and match.group(2).lower().endswith(("bps", "b/s", "bit/s")):

@@ -23,7 +23,8 @@ import ipaddress
 import re
 
 KEY_LEN = 32
-KEY_RE = re.compile(r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$")
+# fullmatch: a "$" would accept a trailing newline
+KEY_RE = re.compile(r"[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=")
 NONE = "(none)"
 # Hidden stand-in for a preshared key in diffs and results.
 SECRET = "<hidden>"
@@ -35,7 +36,7 @@ def key_error(text):
         return "must be a non-empty string"
     if len(text) != 44:
         return "is %d characters long; a WireGuard key is 44 characters of base64 ending in '='" % len(text)
-    if not KEY_RE.match(text):
+    if not KEY_RE.fullmatch(text):
         return "is not the base64 encoding of 32 bytes"
     try:
         raw = base64.b64decode(text, validate=True)

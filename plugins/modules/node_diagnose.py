@@ -47,7 +47,11 @@ options:
     type: bool
     default: false
   relay_health_url:
-    description: Health endpoint of the relay connector; empty skips the check.
+    description:
+      - Health endpoint of the relay connector; empty skips the checks.
+      - Two checks, C(relay connector) (a relay link is up) and C(relay requests) (no relay refused one of
+        the connector's requests, rate limits aside; each refusal listed with its count and the latest
+        message of the relay).
     type: str
     default: ""
   handshake_max_age:
@@ -227,6 +231,40 @@ def firewall_check(module, params):
                  % (params["firewall_backend"], packets))
 
 
+def read_health(url):
+    """(HTTP status or why unreachable, decoded JSON body or None) of the connector's health endpoint."""
+    try:
+        answer = open_url(url, timeout=3)
+        status, raw = answer.status, answer.read(1 << 20)
+    except urllib.error.HTTPError as exc:   # 503 while no relay link is up, with the same body
+        status, raw = exc.code, exc.read(1 << 20)
+    except OSError as exc:
+        return "unreachable (%s)" % exc, None
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = None
+    return status, body if isinstance(body, dict) else None
+
+
+def relay_checks(status, health):
+    """The relay connector's checks: a link is up, and no relay refuses its requests (429 aside)."""
+    checks = [check("relay connector", status == 200, "health: %s" % status)]
+    if health is None:
+        return checks
+    refusals, failing = [], False
+    relays = health.get("relays") if isinstance(health.get("relays"), dict) else {}
+    for name, relay in sorted(relays.items()):
+        refused = relay.get("refused") if isinstance(relay, dict) else None
+        if not isinstance(refused, dict) or not refused:
+            continue
+        counts = ", ".join("%s x%s" % item for item in sorted(refused.items()))
+        failing = failing or any(not str(key).endswith(" 429") for key in refused)
+        refusals.append("%s refused %s (latest: %s)" % (name, counts, relay.get("last_refusal", "")))
+    checks.append(check("relay requests", not failing, "; ".join(refusals) or "no request refused"))
+    return checks
+
+
 def foreign_firewall_check(module, params):
     """Every foreign forward/input base chain that drops client traffic now.
 
@@ -303,13 +341,7 @@ def main():
         checks.append(check("shaping", "htb" in kinds, "qdiscs on %s: %s" % (iface, ", ".join(kinds) or err)))
 
     if params["relay_health_url"]:
-        try:
-            status = open_url(params["relay_health_url"], timeout=3).status
-        except urllib.error.HTTPError as exc:
-            status = exc.code
-        except OSError as exc:
-            status = "unreachable (%s)" % exc
-        checks.append(check("relay connector", status == 200, "health: %s" % status))
+        checks.extend(relay_checks(*read_health(params["relay_health_url"])))
 
     summary = ["%s %-16s %s" % ("ok  " if c["ok"] else "FAIL", c["name"], c["detail"]) for c in checks]
     module.exit_json(changed=False, healthy=all(c["ok"] for c in checks), checks=checks,

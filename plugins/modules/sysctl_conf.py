@@ -89,7 +89,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 HEADER = "# Managed by higgs.vpn (sysctl_conf). Values found before, restored on removal:"
 PREVIOUS_RE = re.compile(r"^# previous (\S+) = (.*)$")
-KEY_RE = re.compile(r"^net(\.[A-Za-z0-9_/:@-]+)+$")
+KEY_RE = re.compile(r"net(\.[A-Za-z0-9_/:@-]+)+")
 
 
 def proc_path(key):
@@ -150,7 +150,7 @@ def main():
     )
     path = module.params["path"]
     settings = {str(k): " ".join(str(v).split()) for k, v in module.params["settings"].items()}
-    bad = sorted(k for k in settings if not KEY_RE.match(k) or ".." in k)
+    bad = sorted(k for k in settings if not KEY_RE.fullmatch(k) or ".." in k)
     if bad:
         module.fail_json(msg="settings: only net.* parameters are managed; refused: %s" % ", ".join(bad))
 

@@ -24,6 +24,9 @@ description:
   - The full batch is persisted under O(persist_dir) for the boot unit
     C(higgs-vpn-shaping@<interface>.service), which rebuilds the shaping whenever the
     tunnel interface is re-created.
+  - The persisted files are world-readable (0644 in a 0755 directory; they hold client names
+    and classes, nothing secret) so that the unprivileged metrics collector can read them;
+    other modes are corrected.
 author:
   - Higgs.net node engineering (!UNKNOWN)
 options:
@@ -169,6 +172,7 @@ persisted:
 
 import json
 import os
+import stat
 import time
 
 from ansible.module_utils.basic import AnsibleModule
@@ -202,6 +206,10 @@ ARGUMENT_SPEC = dict(
 UNLIMITED = "unlimited"
 ATTEMPTS = 5
 ANY_RC = tuple(range(256))
+# The persisted batch names clients and classes, nothing secret: readable by the
+# unprivileged metrics collector.
+PERSIST_MODE = 0o644
+PERSIST_DIR_MODE = 0o755
 
 
 def ifb_name(params):
@@ -309,6 +317,14 @@ class Host:
             self.run([self.ip, "link", "set", name, "up"])
 
 
+def _mode(path):
+    """Permission bits of ``path``, or None when it does not exist."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return None
+
+
 def persisted_texts(params, devices, clients):
     batch = [line for dev in reversed(devices) for line in _tc.full_batch(dev)]
     # the class of each client, for readers of the file (the metrics collector)
@@ -340,10 +356,11 @@ def present(module, host, spec, result):
     commands = _tc.diff(live[0], ifb_desired) + _tc.diff(live[1], tun_desired)
     texts = persisted_texts(params, [tun_desired, ifb_desired], spec["clients"])
     paths = {suffix: os.path.join(params["persist_dir"], params["interface"] + suffix) for suffix in texts}
-    stale = [s for s in texts if _owned.read_file(paths[s]) != texts[s]]
+    stale = [s for s in texts if _owned.read_file(paths[s]) != texts[s] or _mode(paths[s]) != PERSIST_MODE]
+    stale_dir = _mode(params["persist_dir"]) not in (None, PERSIST_DIR_MODE)
     ifb_down = ifb_link is None or "UP" not in ifb_link.get("flags", [])
     result.update(commands=commands, classes={c["name"]: "1:%x" % c["minor"] for c in spec["clients"]},
-                  persisted=sorted(paths.values()), changed=bool(commands or stale or ifb_down))
+                  persisted=sorted(paths.values()), changed=bool(commands or stale or stale_dir or ifb_down))
     if module._diff:
         result["diff"] = dict(before="\n".join(line for d in live for line in d.lines()) + "\n",
                               after="\n".join(line for d in desired for line in d.lines()) + "\n")
@@ -369,8 +386,10 @@ def present(module, host, spec, result):
     if pending:
         module.fail_json(msg="tc -batch failed: %s" % " / ".join(errors), commands=commands, left=pending)
     result["attempts"] = attempt + 1
+    if stale_dir:
+        os.chmod(params["persist_dir"], PERSIST_DIR_MODE)
     for suffix in stale:
-        _owned.write_file(module, paths[suffix], texts[suffix])
+        _owned.write_file(module, paths[suffix], texts[suffix], mode=PERSIST_MODE, dir_mode=PERSIST_DIR_MODE)
 
 
 def absent(module, host, result):

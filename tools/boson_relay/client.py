@@ -16,10 +16,11 @@ import asyncio
 import collections
 import contextlib
 import logging
+import re
 import signal
-import socket
 import sys
 import time
+import uuid
 
 from higgs_relay import backoff, config, framing, metrics, rest, udp, wsio
 from higgs_relay.connector import run
@@ -122,17 +123,22 @@ class Client:
         stats = self.metrics.relay(relay.name)
         try:
             answer = await rest.call(relay.api, "POST", "/api/v1/routing/request",
-                                     {"clientId": self.args.client_id, "targetNodeId": self.args.node_id},
+                                     {"clientId": self.args.client_id, "targetNodeId": self.args.node_id,
+                                      "clientNetworkInfo": {"ipv4": "0.0.0.0", "natType": "Symmetric"}},
                                      context=self.ssl, timeout=10)
         except rest.HttpError as exc:
             stats["http_errors"] += 1
             raise ConnectionError("routing request to %s: %s" % (relay.name, exc)) from None
-        endpoint = str((answer.get("selectedRoute") or {}).get("relayEndpoint") or "")
+        route = answer.get("selectedRoute") or {}
+        endpoint = str(route.get("relayEndpoint") or "")
         path = endpoint[endpoint.find("/relay/"):] if "/relay/" in endpoint else ""
         if not path:
             raise ConnectionError("%s answered no relay endpoint" % relay.name)
+        # the session's token authenticates the client socket (the collection's relay requires it)
+        token = str(route.get("sessionToken") or answer.get("sessionToken") or "")
         ws = await wsio.connect(relay.ws + path, ssl_context=self.ssl, timeout=10,
-                                write_limit=self.args.write_buffer)
+                                write_limit=self.args.write_buffer,
+                                headers={"Authorization": "Bearer " + token} if token else None)
         ws.start(on_binary=self.from_relay, on_text=lambda text: None, on_drain=self.flush,
                  on_pong=lambda rtt: stats.__setitem__("rtt", rtt))
         self.ws = ws
@@ -197,7 +203,7 @@ def main(argv=None):
     parser.add_argument("--relay", action="append", required=True, help="relay base URL (repeat for failover)")
     parser.add_argument("--node-id", required=True)
     parser.add_argument("--listen", default="127.0.0.1:51821", help="local UDP address for wg-quick's Endpoint")
-    parser.add_argument("--client-id", default=socket.gethostname())
+    parser.add_argument("--client-id", default=str(uuid.uuid4()), help="UUID (a random one by default)")
     parser.add_argument("--ca-file", default="")
     parser.add_argument("--metrics", default="127.0.0.1:9478", help="health/metrics address ('' to disable)")
     parser.add_argument("--no-batch", action="store_true")
@@ -220,6 +226,8 @@ def main(argv=None):
         config.split_hostport(args.listen)
     except ValueError as exc:
         parser.error("bad --relay or --listen: %s" % exc)
+    if not re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", args.client_id):
+        parser.error("--client-id %r is not a lowercase UUID" % args.client_id)
     run(_main(args), not args.no_uvloop)
     return 0
 

@@ -23,7 +23,7 @@ def test_announced_relays(case):
 
 def test_oversized_answer_is_bounded():
     announcer = config.parse_relay("https://relay.example.net")
-    servers = [{"host": "relay%d.example.net" % i, "port": 3000, "protocol": "websocket"} for i in range(100000)]
+    servers = [{"host": "relay%d.example.net" % i, "port": 443, "protocol": "websocket"} for i in range(100000)]
     learnt = config.announced_relays(servers, announcer)
     assert len(learnt) == config.MAX_DISCOVERED
     # huge host names are not host names

@@ -29,6 +29,15 @@ PATHS = [str(ROOT / "roles" / "relay_connector" / "files"), str(ROOT / "tools")]
 pytest.importorskip("websockets")
 
 KEY = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
+TOKEN = "test-registration-token-0123456789"   # the relays' registration token (--auth-token-file)
+
+
+def _token_file():
+    """A file holding TOKEN (the relay requires one, the node connector reads it from a file)."""
+    path = Path(os.environ.get("TMPDIR", "/tmp")) / ("higgs-relay-test-token-%d" % os.getpid())
+    if not path.exists():
+        path.write_text(TOKEN + "\n")
+    return str(path)
 
 
 def _free_port(kind=socket.SOCK_STREAM):
@@ -51,7 +60,8 @@ def _get(url):
 def _relay(port, *options):
     """A relay on 127.0.0.1:port announcing itself as such; waits until it answers."""
     proc = _spawn("-m", "boson_relay.server", "--listen", "127.0.0.1:%d" % port, "--public-host", "127.0.0.1",
-                  "--public-port", str(port), "--heartbeat", "2", "--no-uvloop", *options)
+                  "--public-port", str(port), "--heartbeat", "2", "--no-uvloop", "--auth-token-file", _token_file(),
+                  *options)
     assert _wait(lambda: "ok" in _get("http://127.0.0.1:%d/health" % port)), proc
     return proc
 
@@ -64,7 +74,7 @@ def _connector(directory, node_id, relay_ports, wireguard_port, **settings):
         "relays": ["http://127.0.0.1:%d" % p for p in relay_ports], "relay_mode": "failover",
         "wireguard_port": wireguard_port, "listen": "127.0.0.1:%d" % health,
         "ping_interval": 1, "ping_timeout": 3, "backoff_base": 0.2, "backoff_cap": 1,
-        "heartbeat_interval": 5, "uvloop": False, **settings,
+        "heartbeat_interval": 10, "uvloop": False, "token_file": _token_file(), **settings,
     }
     path = directory / ("connector-%d.json" % health)
     path.write_text(json.dumps(cfg))
@@ -212,6 +222,26 @@ def _post(url, body, token=""):
         return exc.code
 
 
+def registration(node_id):
+    """A registration body of the reference's shape."""
+    return {"nodeId": node_id, "publicKey": KEY,
+            "networkInfo": {"ipv4": "192.0.2.1", "ipv6": None, "natType": "Symmetric", "stunMappedAddress": None,
+                            "localPort": 51820},
+            "capabilities": {"maxConnections": 16, "bandwidth": {"up": 10, "down": 10}, "routing": True,
+                             "natting": True},
+            "location": {"country": "DE", "region": "lab", "coordinates": [52.5, 13.4]}}
+
+
+def _register(base, node_id):
+    """Register ``node_id`` with the registration token; returns the node token."""
+    request = urllib.request.Request(base + "/api/v1/nodes/register", data=json.dumps(registration(node_id)).encode(),
+                                     method="POST", headers={"Content-Type": "application/json",
+                                                             "Authorization": "Bearer " + TOKEN})
+    with urllib.request.urlopen(request, timeout=2) as answer:
+        assert answer.status == 201
+        return json.loads(answer.read())["sessionToken"]
+
+
 def _counter(text, name):
     found = re.search(r"^%s (\d+)$" % re.escape(name), text, re.MULTILINE)
     return int(found.group(1)) if found else None
@@ -225,9 +255,10 @@ def test_registration_rate_limited_waits_for_retry_after(tmp_path):
     procs = []
     try:
         procs.append(_relay(port, "--node-rate", "2", "--rate-window", "6"))
-        for _ in range(2):   # use up this source's window (127.0.0.1, shared with the connector)
-            assert _post(base + "/api/v1/nodes/register", {}) == 400
-        node, health = _connector(tmp_path, str(uuid.uuid4()), [port], echo.port)
+        node_id = str(uuid.uuid4())
+        for _ in range(2):   # use up this node's window (counted per node once the token is proven)
+            assert _post(base + "/api/v1/nodes/register", {"nodeId": node_id}, TOKEN) == 400
+        node, health = _connector(tmp_path, node_id, [port], echo.port)
         procs.append(node)
         assert _wait(lambda: '"status": "ok"' in _get("http://127.0.0.1:%d/health" % health), timeout=20), node
         assert _counter(_get(base + "/metrics"), "boson_relay_rate_limited") == 1
@@ -254,14 +285,16 @@ def test_close_1008_makes_the_node_register_again(tmp_path):
         node, health = _connector(tmp_path, node_id, [port], echo.port)
         procs.append(node)
         assert _wait(lambda: '"status": "ok"' in _get("http://127.0.0.1:%d/health" % health)), node
-        # the relay forgets the node and closes its socket with 1008 "Node not online"
+        # the relay forgets the node (unregistered with a token of its registration, as the node
+        # itself does) and closes its socket with 1008 "Node not online"
+        token = _register(base, node_id)
         request = urllib.request.Request(base + "/api/v1/nodes/" + node_id, method="DELETE",
-                                         headers={"Authorization": "Bearer x"})
+                                         headers={"Authorization": "Bearer " + token})
         with urllib.request.urlopen(request, timeout=2) as answer:
-            assert answer.status == 200
+            assert answer.status == 204
         assert _wait(lambda: _counter(_get(base + "/metrics"), "boson_relay_node_sockets") == 2)
         relay = _get(base + "/metrics")
-        assert _counter(relay, "boson_relay_registrations") == 2
+        assert _counter(relay, "boson_relay_registrations") == 3
         assert _counter(relay, "boson_relay_nodes_online") == 1
         assert _wait(lambda: '"status": "ok"' in _get("http://127.0.0.1:%d/health" % health)), node
         node.terminate()

@@ -15,7 +15,8 @@ import json
 import math
 import time
 
-DROP_REASONS = ("queue_full", "udp_send", "session_limit", "malformed", "not_connected")
+DROP_REASONS = ("queue_full", "udp_send", "session_limit", "malformed", "not_connected", "no_return_path")
+REQUESTS = ("register", "heartbeat", "metrics", "unregister")
 PREFIX = "higgs_relay"
 
 
@@ -34,13 +35,17 @@ class Metrics:
         self.drops = dict.fromkeys(DROP_REASONS, 0)
         self.sessions = 0
         self.sessions_opened = 0
+        self.sessions_evicted = 0
+        self.sessions_refused = 0
         self.queue_depth = 0
         self.per_relay = {r: self._relay() for r in relays}
 
     @staticmethod
     def _relay():
         return {"connected": 0, "reconnects": 0, "rtt": float("nan"), "registrations": 0,
-                "http_errors": 0, "rate_limited": 0, "protocol": 0, "heartbeats": 0}
+                "http_errors": 0, "rate_limited": 0, "protocol": 0, "heartbeats": 0,
+                "refused": {},   # (request, HTTP status) -> count; requests fixed, statuses 100..599
+                "last_refusal": ""}   # the latest one with the server's message (escaped, bounded)
 
     def relay(self, name):
         entry = self.per_relay.get(name)
@@ -61,7 +66,9 @@ class Metrics:
             "uptime": round(time.time() - self.started, 1),
             "sessions": self.sessions,
             "relays": {name: {"connected": bool(r["connected"]), "protocol": r["protocol"],
-                              "rtt_ms": None if math.isnan(r["rtt"]) else round(r["rtt"] * 1000, 2)}
+                              "rtt_ms": None if math.isnan(r["rtt"]) else round(r["rtt"] * 1000, 2),
+                              "refused": {"%s %s" % key: count for key, count in sorted(r["refused"].items())},
+                              "last_refusal": r["last_refusal"]}
                        for name, r in self.per_relay.items()},
         }
 
@@ -79,6 +86,10 @@ class Metrics:
 
         metric("sessions", "gauge", "Client sessions with a local UDP socket.", [({}, self.sessions)])
         metric("sessions_opened_total", "counter", "Client sessions opened.", [({}, self.sessions_opened)])
+        metric("sessions_evicted_total", "counter", "Idle sessions closed to make room for a new one.",
+               [({}, self.sessions_evicted)])
+        metric("sessions_refused_total", "counter", "New sessions refused: the table was full of active ones.",
+               [({}, self.sessions_refused)])
         metric("queue_depth", "gauge", "Datagrams waiting for the relay.", [({}, self.queue_depth)])
         metric("datagrams_total", "counter", "WireGuard datagrams carried.",
                [({"direction": "to_relay"}, self.datagrams_to_relay),
@@ -108,6 +119,9 @@ class Metrics:
                [({"relay": n}, r["heartbeats"]) for n, r in relays])
         metric("relay_http_errors_total", "counter", "Failed REST calls.",
                [({"relay": n}, r["http_errors"]) for n, r in relays])
+        metric("relay_refused_total", "counter", "REST requests the relay refused, by request and HTTP status.",
+               [({"relay": n, "request": request, "status": status}, count)
+                for n, r in relays for (request, status), count in sorted(r["refused"].items())])
         metric("relay_rate_limited_total", "counter", "HTTP 429 answers.",
                [({"relay": n}, r["rate_limited"]) for n, r in relays])
         metric("relay_rtt_seconds", "gauge", "WebSocket ping round trip to the relay.",

@@ -24,6 +24,7 @@ class HttpError(Exception):
     def __init__(self, status, message, retry_after=None):
         super().__init__("HTTP %s: %s" % (status, message))
         self.status = status
+        self.message = message
         self.retry_after = retry_after
 
 
@@ -59,7 +60,7 @@ def _request(base, method, path, body, token, context, timeout):
     if not 200 <= status < 300:
         message = raw[:200].decode("utf-8", "replace")
         with contextlib.suppress(ValueError, KeyError, TypeError):
-            message = json.loads(raw)["error"]["message"]
+            message = str(json.loads(raw)["error"]["message"])[:500]
         raise HttpError(status, message)
     if not raw:
         return {}

@@ -378,6 +378,10 @@ class WebSocket(asyncio.Protocol):
             return 0.0
         return time.monotonic() - min(self._pings.values())
 
+    def pings_pending(self) -> int:
+        """Pings sent on this socket and not answered yet."""
+        return len(self._pings)
+
     def close(self, code: int = 1000, reason: str = ""):
         if self.is_open:
             self.proto.send_close(code, reason)

@@ -80,3 +80,21 @@ def test_ask_without_answer():
         silent.bind(("127.0.0.1", 0))
         rcode, detail = nd.ask("127.0.0.1", "lab.example", timeout=0.2, port=silent.getsockname()[1])
     assert rcode is None and detail.startswith("no answer")
+
+
+def test_relay_checks_show_refused_requests():
+    """Issue 13 item 2: a relay refusing the connector's requests shows in diagnose (429 alone is no failure)."""
+    health = {"status": "ok", "relays": {
+        "relay.example.net:443": {"connected": True, "refused": {"metrics 400": 3, "heartbeat 429": 1},
+                                  "last_refusal": "metrics: HTTP 400 Invalid input"},
+        "r2.example.net:443": {"connected": False, "refused": {}, "last_refusal": ""}}}
+    link, requests = nd.relay_checks(200, health)
+    assert link["ok"] and not requests["ok"]
+    assert requests["detail"] == ("relay.example.net:443 refused heartbeat 429 x1, metrics 400 x3"
+                                  " (latest: metrics: HTTP 400 Invalid input)")
+    health["relays"]["relay.example.net:443"]["refused"] = {"heartbeat 429": 2}
+    assert nd.relay_checks(200, health)[1]["ok"]
+    down, requests = nd.relay_checks(503, {"status": "down", "relays": {}})
+    assert not down["ok"] and requests == {"name": "relay requests", "ok": True, "detail": "no request refused"}
+    assert nd.relay_checks("unreachable (refused)", None) == [
+        {"name": "relay connector", "ok": False, "detail": "health: unreachable (refused)"}]

@@ -98,7 +98,8 @@ def test_check_mode_changes_nothing(proc, tmp_path):
     assert proc.read("net.ipv4.ip_forward") == "0" and not conf.exists()
 
 
-@pytest.mark.parametrize("key", ["kernel.panic", "vm.swappiness", "net..x", "fs.file-max"])
+@pytest.mark.parametrize("key", ["kernel.panic", "vm.swappiness", "net..x", "fs.file-max",
+                                 "net.ipv4.ip_forward\n", "net.ipv4.ip_forward\nkernel.panic"])
 def test_only_net_parameters(proc, tmp_path, key):
     result = run({"path": str(tmp_path / "c.conf"), "settings": {key: 1}})
     assert result.get("failed") and "only net.* parameters" in result["msg"]
