@@ -118,3 +118,36 @@ def test_removal_deletes_the_tables_created_for_the_owned_chains(tmp_path, forei
     assert ("ip6", "nat") in host.tables and "higgs_vpn_postrouting" in host.tables[("ip6", "nat")]
     _owned.sync(module, "iptables", "higgs_vpn", persist, state="absent")
     assert host.view() == before
+
+
+DOCKER_V6_NAT = {("ip6", "nat"): {"PREROUTING": ["-m addrtype --dst-type LOCAL -j DOCKER"],
+                                  "POSTROUTING": ["-s fd17::/64 ! -o docker0 -j MASQUERADE"],
+                                  "DOCKER": ["-i docker0 -j RETURN"]}}
+
+
+def boot(host, persist, foreign):
+    """A reboot: an empty ruleset, the collection's boot unit first, then the foreign service."""
+    host.tables = {}
+    for ver in (4, 6):
+        with open(os.path.join(persist, "higgs_vpn.ipv%d.rules" % ver)) as handle:
+            host.run(["/usr/sbin/%s-restore" % ("iptables" if ver == 4 else "ip6tables")], data=handle.read())
+    for key, chains in foreign.items():
+        table = host.tables.setdefault(key, {})
+        for chain, rules in chains.items():
+            table.setdefault(chain, [])[:0] = rules
+
+
+@pytest.mark.parametrize("docker_at_converge", [True, False], ids=["docker-first", "docker-installed-later"])
+def test_removal_after_a_boot_keeps_a_foreign_table_the_boot_unit_created_first(tmp_path, docker_at_converge):
+    # at boot the unit (Before=network-pre) creates ip6 nat before dockerd fills
+    # it; whether or not the table was recorded as created for us at converge,
+    # removal leaves it with Docker's chains and rules, and only those
+    host = IptablesNft(DOCKER_V6_NAT if docker_at_converge else {})
+    module = Module(host)
+    persist = str(tmp_path / "fw")
+    rendered = firewall.render(dict(PARAMS, persist_dir=persist))
+    _owned.sync(module, "iptables", "higgs_vpn", persist, rendered)
+    boot(host, persist, DOCKER_V6_NAT)
+    assert "higgs_vpn_postrouting" in host.tables[("ip6", "nat")]
+    _owned.sync(module, "iptables", "higgs_vpn", persist, state="absent")
+    assert host.view() == IptablesNft(DOCKER_V6_NAT).view()
