@@ -38,7 +38,9 @@ def secrets() -> dict[str, set[str]]:
     found: dict[str, set[str]] = {"private keys": set(), "preshared keys": set(), "tokens": set()}
     for node in lab_hosts("fleet-node"):
         found["private keys"] |= set(KEY_RE.findall(on(node, "wg show all private-key")))
-        found["preshared keys"] |= set(KEY_RE.findall(on(node, "wg show all preshared-keys")))
+        # "<interface> <peer public key> <preshared key or (none)>" per peer: the third column only
+        rows = [line.split() for line in on(node, "wg show all preshared-keys").splitlines()]
+        found["preshared keys"] |= {row[2] for row in rows if len(row) == 3 and KEY_RE.fullmatch(row[2])}
     for host in lab_hosts("fleet-node") + lab_hosts("fleet-relay"):
         tokens = on(host, "find /etc/higgs-vpn -name token -type f -exec cat {} + 2>/dev/null || true")
         found["tokens"] |= {t for t in tokens.split() if len(t) >= 16}
