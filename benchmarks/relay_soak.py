@@ -305,8 +305,9 @@ def main():
             time.sleep(2.5)   # the relay's timers (closing sockets, request timeouts) settle between floods
         legit.close()
         counters = http(port, "GET", "/metrics")[1].decode().splitlines()
-        print("relay counters: " + ", ".join(line.replace("boson_relay_", "") for line in counters
-                                              if line.startswith("boson_relay_") and not line.endswith(" 0")))
+        shown = [line.replace("boson_relay_", "") for line in counters
+                 if line.startswith("boson_relay_") and not line.endswith(" 0")]
+        print("relay counters: " + ", ".join(shown))
         rss, fds = sample(relay.pid)
         print("relay after: RSS %.1f MB, %d fds; relay process %s" % (
             rss, fds, "running" if relay.poll() is None else "exited %s" % relay.returncode))

@@ -198,4 +198,3 @@ def test_main_refuses_a_bad_config(tmp_path):
     config = tmp_path / "collector.json"
     config.write_text("{not json")
     assert m.main(["--config", str(config)]) == 78
-

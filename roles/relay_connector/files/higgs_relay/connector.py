@@ -132,6 +132,7 @@ class Link:
         self.stats["http_errors"] += 1
         return self.note(("unreachable", request, say(exc)), logging.WARNING,
                          "%s: cannot reach %s: %s", request, self.relay.api, say(exc))
+
     # control plane ------------------------------------------------------------
     async def register(self):
         d = self.daemon
