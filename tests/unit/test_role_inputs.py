@@ -40,12 +40,41 @@ CASES = [
      "traffic_shaping_tunnel_unit contains the control character \\n at position 20"),
     ("traffic_shaping", {"traffic_shaping_rate_down": "100mbit\n"},
      "traffic_shaping_rate_down contains the control character"),
+    # relay_connector: "$" accepted a trailing newline, a newline in a unit value appended
+    # directives (issue 12 items 14, 15); the values the relay refuses are refused here (issue 13 item 3)
+    ("relay_connector", {"relay_connector_relays": ["https://relay.example.net\n"]}, "relay_connector_relays"),
+    ("relay_connector", {"relay_connector_node_id": "3f2b8c1e-5d4a-4e8f-9a1b-2c3d4e5f6a7b\n"},
+     "relay_connector_node_id"),
+    ("relay_connector", {"relay_connector_memory_max": "128M\nExecStartPre=/bin/sh -c id"},
+     "relay_connector_memory_max"),
+    ("relay_connector", {"relay_connector_wireguard_interface": "wg0\nUser=root"},
+     "relay_connector_wireguard_interface"),
+    ("relay_connector", {"relay_connector_wireguard_port": "51820\n"}, "relay_connector_wireguard_port"),
+    ("relay_connector", {"relay_connector_location": {"country": "DEU"}}, "relay_connector_location"),
+    ("relay_connector", {"relay_connector_location": {"country": "DE", "coordinates": 5}},
+     "relay_connector_location"),
+    ("relay_connector", {"relay_connector_location": {"country": "DE", "coordinates": [1, 2, 3]}},
+     "relay_connector_location"),
+    ("relay_connector", {"relay_connector_capabilities": {"bandwidth_up": "fast"}}, "relay_connector_capabilities"),
+    ("relay_connector", {"relay_connector_capabilities": {"max_connections": "many"}},
+     "relay_connector_capabilities"),
+    ("relay_connector", {"relay_connector_public_key": "12345"}, "relay_connector_public_key"),
+    ("relay_connector", {"relay_connector_settings": {"heartbeat_interval": 5}},
+     "relay_connector_settings.heartbeat_interval"),
+]
+# Values every case starts from, where a role needs some to pass its checks.
+BASE = {"relay_connector": {"relay_connector_relays": ["https://relay.example.net"],
+                            "relay_connector_wireguard_port": 51820,
+                            "relay_connector_public_key": "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="}}
+ACCEPTED = [
+    ("relay_connector", {}),
+    ("relay_connector", {"relay_connector_location": {"country": "DE", "region": "", "coordinates": None}}),
 ]
 
 
-@pytest.mark.parametrize(("role", "values", "message"), CASES, ids=lambda v: v if isinstance(v, str) else None)
-def test_preflight_refuses(tmp_path, role, values, message):
-    play = [{"hosts": "localhost", "gather_facts": False, "vars": values,
+def preflight(tmp_path, role, values):
+    """(return code, failure messages, output) of the role's validate tasks with ``values``."""
+    play = [{"hosts": "localhost", "gather_facts": False, "vars": dict(BASE.get(role, {}), **values),
              "tasks": [{"ansible.builtin.include_role": {"name": "higgs.vpn." + role, "tasks_from": "validate"}},
                        {"ansible.builtin.debug": {"msg": "preflight passed"}}]}]
     (tmp_path / "play.yml").write_text(yaml.safe_dump(play))
@@ -53,9 +82,22 @@ def test_preflight_refuses(tmp_path, role, values, message):
                NO_COLOR="1", ANSIBLE_LOCALHOST_WARNING="false", ANSIBLE_INVENTORY_UNPARSED_WARNING="false")
     run = subprocess.run([str(Path(sys.executable).with_name("ansible-playbook")), "-i", "localhost,", "-c", "local",
                           "-e", "ansible_python_interpreter=" + sys.executable, str(tmp_path / "play.yml")],
-                         capture_output=True, text=True, env=env, cwd=tmp_path, check=False)
-    assert run.returncode == 2, run.stdout[-2000:] + run.stderr[-2000:]
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120, check=False)
     failed = [json.loads(line.split(" => ", 1)[1])["msg"] for line in run.stdout.splitlines()
               if line.startswith("fatal: [localhost]: FAILED! => ")]
+    return run.returncode, failed, run.stdout + run.stderr
+
+
+@pytest.mark.parametrize(("role", "values", "message"), CASES, ids=lambda v: v if isinstance(v, str) else None)
+def test_preflight_refuses(tmp_path, role, values, message):
+    rc, failed, out = preflight(tmp_path, role, values)
+    assert rc == 2, out[-4000:]
     assert len(failed) == 1 and message in failed[0], failed
-    assert "preflight passed" not in run.stdout
+    assert "preflight passed" not in out
+
+
+@pytest.mark.parametrize(("role", "values"), ACCEPTED, ids=lambda v: v if isinstance(v, str) else None)
+def test_preflight_accepts(tmp_path, role, values):
+    rc, failed, out = preflight(tmp_path, role, values)
+    assert rc == 0 and not failed, out[-4000:]
+    assert "preflight passed" in out
