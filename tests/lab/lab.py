@@ -123,7 +123,9 @@ def build_lab(suite: str, layer: str = "") -> None:
     higgs-lab-fw:<suite> (Dockerfile.fw) over higgs-lab:<suite>.
     """
     dockerfile = HERE / ("Dockerfile" + (f".{layer}" if layer else ""))
-    digest = hashlib.sha256(dockerfile.read_bytes()).hexdigest()[:16]
+    # A layer is rebuilt when the lab layer under it changes too.
+    sources = [HERE / "Dockerfile", dockerfile] if layer else [dockerfile]
+    digest = hashlib.sha256(b"".join(f.read_bytes() for f in sources)).hexdigest()[:16]
     name = f"higgs-lab{'-' + layer if layer else ''}:{suite}"
     if image_label(name, f"{LABEL}.digest") == digest:
         return
