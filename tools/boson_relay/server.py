@@ -28,6 +28,7 @@ import os
 import re
 import secrets
 import signal
+import socket
 import sys
 import time
 import uuid
@@ -668,6 +669,8 @@ class RelaySocket(wsio.WebSocket):
 
     def connection_lost(self, exc):
         self.relay.sockets_open -= 1
+        if isinstance(exc, TimeoutError):   # the kernel gave up: --send-timeout without the peer taking data
+            self.relay.stats["slow_readers"] += 1
         if self.abort_timer is not None:
             self.abort_timer.cancel()
         super().connection_lost(exc)
@@ -735,6 +738,12 @@ class HttpConnection(asyncio.Protocol):
             return
         relay.http_open += 1
         relay.http_by_source[self.peer] = pending + 1
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family != socket.AF_UNIX:
+            # A peer that stops reading stalls the kernel's send queue (up to megabytes, unseen by the
+            # write-buffer check) or lets its own TCP back off: TCP_USER_TIMEOUT closes the connection
+            # once sent data stays unacknowledged, or queued data unsent (zero window), that long.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(relay.args.send_timeout * 1000))
         self.counted = True
         self.timer = asyncio.get_running_loop().call_later(relay.args.request_timeout, self.timeout)
 
@@ -743,6 +752,8 @@ class HttpConnection(asyncio.Protocol):
         self.respond(408, {"error": {"message": "Request not complete in time", "statusCode": 408}})
 
     def connection_lost(self, exc):
+        if isinstance(exc, TimeoutError):
+            self.relay.stats["slow_readers"] += 1
         self.done()
 
     def done(self):
@@ -953,6 +964,9 @@ def make_parser():
     parser.add_argument("--node-expiry", type=float, default=600.0,
                         help="seconds after its last heartbeat a node is forgotten")
     parser.add_argument("--write-buffer", type=int, default=256 << 10)
+    parser.add_argument("--send-timeout", type=float, default=30.0,
+                        help="seconds sent data may stay unacknowledged (or queued behind a zero window) "
+                             "before the connection is closed (TCP_USER_TIMEOUT)")
     parser.add_argument("--no-uvloop", action="store_true")
     parser.add_argument("--log-level", default="info")
     return parser
