@@ -181,25 +181,74 @@ def _iif_match(value, tunnels):
     return hit if value.get("op") in ("==", "in") else not hit
 
 
-def _verdict(rule, tunnels):
-    """(verdict, jump target) of a rule every client packet matches; None when it selects.
+def _names(right):
+    """The values of a match's right-hand side: a scalar, a list (flags) or an anonymous set."""
+    if isinstance(right, dict) and "set" in right:
+        right = right["set"]
+    return right if isinstance(right, list) else [right]
 
-    A match on the input interface is decided for client traffic (it arrives on
-    a tunnel interface); any other match makes the rule selective.
+
+def _port_packet(port, tunnels):
+    """Decide a match for a new UDP datagram to ``port`` of this host from outside (the tunnel's own port).
+
+    It arrives on an interface that is neither a tunnel nor loopback (a match on
+    any other name is taken as the egress), is not related to a known connection
+    and is addressed to a local address. True/False, or None for a match not
+    modelled (the rule then counts as selective).
+    """
+    def hit(left, right):
+        if left == {"meta": {"key": "iifname"}}:
+            return any(name not in tunnels and name != "lo" for name in _names(right))
+        if left in ({"meta": {"key": "l4proto"}}, {"payload": {"protocol": "ip", "field": "protocol"}},
+                    {"payload": {"protocol": "ip6", "field": "nexthdr"}}):
+            return any(value in ("udp", 17) for value in _names(right))
+        if left in ({"payload": {"protocol": "udp", "field": "dport"}},
+                    {"payload": {"protocol": "th", "field": "dport"}}):
+            return any(value == port or (isinstance(value, dict) and "range" in value
+                                         and value["range"][0] <= port <= value["range"][1])
+                       for value in _names(right))
+        if left == {"fib": {"flags": ["daddr"], "result": "type"}}:
+            return "local" in _names(right)
+        if left == {"ct": {"key": "state"}}:
+            return "new" in _names(right)
+        return None
+
+    def decide(value):
+        if not isinstance(value, dict):
+            return None
+        if "xt" in value:   # iptables-nft lists these without their arguments:
+            # conntrack/state as their usual RELATED,ESTABLISHED (or INVALID), addrtype as LOCAL
+            return {"conntrack": False, "state": False, "addrtype": True}.get(value["xt"])
+        if value.get("op") not in ("==", "in", "!="):
+            return None
+        result = hit(value.get("left"), value.get("right"))
+        return None if result is None else result != (value["op"] == "!=")
+    return decide
+
+
+def _verdict(rule, decide):
+    """(verdict, jump target) of a rule the packet ``decide`` models matches; None when it selects.
+
+    ``decide(match)`` is True/False for a match it can tell for that packet,
+    None otherwise; a match it cannot tell makes the rule selective.
     """
     verdict = None
     for stmt in rule.get("expr") or []:
         (key, value), = stmt.items()
         if key in _NEUTRAL:
             continue
-        if key == "match" and _iif_match(value, tunnels) is not None:
-            if _iif_match(value, tunnels):
+        if key == "match" and decide(value) is not None:
+            if decide(value):
                 continue
             return None
         if key == "xt":
             name = (value or {}).get("name", "")
             if value.get("type") == "match" and name == "comment":
                 continue
+            if value.get("type") == "match" and decide({"xt": name}) is not None:
+                if decide({"xt": name}):
+                    continue
+                return None
             if value.get("type") == "target" and name == "REJECT":
                 verdict = ("reject", None)
                 continue
@@ -207,7 +256,7 @@ def _verdict(rule, tunnels):
         if key in ("drop", "reject", "accept", "return"):
             verdict = (key, None)
         elif key in ("jump", "goto"):
-            verdict = ("jump", value["target"])
+            verdict = (key, value["target"])
         else:
             return None
     return verdict or ("continue", None)
@@ -221,7 +270,7 @@ def _jump_target(rule):
     return None
 
 
-def blocking_chains(ruleset, table, tunnels, hooks=_HOOKS):
+def blocking_chains(ruleset, table, tunnels, hooks=_HOOKS, port=None):
     """Foreign base chains that drop client traffic whatever the collection accepts.
 
     ``ruleset`` is ``nft -j list ruleset`` (iptables-nft, ufw, Docker and
@@ -230,8 +279,10 @@ def blocking_chains(ruleset, table, tunnels, hooks=_HOOKS):
     rejects every packet arriving on a ``tunnels`` interface, unless a rule
     before that point jumps into the collection's chain for the hook (the
     iptables backend's ``<table>_forward`` / ``<table>_input``). Our own
-    ``inet <table>`` is never foreign. Returns [{family, table, chain, hook,
-    reason}] sorted.
+    ``inet <table>`` is never foreign. With ``port``, the packet is instead a
+    new UDP datagram to that port from outside (the tunnel's own port, on the
+    input hook; the collection's chains do not accept it). Returns [{family,
+    table, chain, hook, reason}] sorted.
     """
     chains, rules = {}, {}
     for item in ruleset.get("nftables", []):
@@ -241,12 +292,16 @@ def blocking_chains(ruleset, table, tunnels, hooks=_HOOKS):
         elif "rule" in item:
             r = item["rule"]
             rules.setdefault((r["family"], r["table"], r["chain"]), []).append(r)
-    ours = {"%s_%s" % (table, hook) for hook in hooks}
+    if port is None:
+        ours = {"%s_%s" % (table, hook) for hook in hooks}
+        decide = lambda value: _iif_match(value, tunnels)  # noqa: E731 - the client packet's one decided match
+    else:
+        ours, decide = set(), _port_packet(port, tunnels)
 
     def fate(key, seen):
         """What becomes of a packet no match in ``key`` selects: ("drop", why), ("accept",) or None."""
         for rule in rules.get(key, []):
-            verdict = _verdict(rule, tunnels)
+            verdict = _verdict(rule, decide)
             if verdict is None:
                 continue
             if _jump_target(rule) in ours:
@@ -259,10 +314,12 @@ def blocking_chains(ruleset, table, tunnels, hooks=_HOOKS):
             if kind == "return":
                 return None
             sub = (key[0], key[1], target)
-            if kind == "jump" and sub not in seen:
+            if kind in ("jump", "goto") and sub not in seen:
                 result = fate(sub, seen | {sub})
                 if result:
                     return result
+            if kind == "goto":   # no way back into this chain
+                return None
         return None
 
     found = []
@@ -280,6 +337,30 @@ def blocking_chains(ruleset, table, tunnels, hooks=_HOOKS):
 
 def describe_blocker(b):
     return "%s %s %s (hook %s, %s)" % (b["family"], b["table"], b["chain"], b["hook"], b["reason"])
+
+
+def _ports(text):
+    """``--dport``/``--dports`` values (``51820``, ``1000:2000``, ``53,51820``) as an nft set."""
+    out = []
+    for part in text.split(","):
+        low, _, high = part.partition(":")
+        if not (low.isdigit() and (not high or high.isdigit())):
+            return {"set": []}
+        out.append({"range": [int(low), int(high)]} if high else int(low))
+    return {"set": out}
+
+
+# iptables match options the analysis reads, as the nft JSON match they stand for.
+_IPT_MATCHES = {
+    "-p": ({"meta": {"key": "l4proto"}}, str.lower),
+    "--protocol": ({"meta": {"key": "l4proto"}}, str.lower),
+    "--dport": ({"payload": {"protocol": "th", "field": "dport"}}, _ports),
+    "--dports": ({"payload": {"protocol": "th", "field": "dport"}}, _ports),
+    "--destination-port": ({"payload": {"protocol": "th", "field": "dport"}}, _ports),
+    "--ctstate": ({"ct": {"key": "state"}}, lambda v: v.lower().split(",")),
+    "--state": ({"ct": {"key": "state"}}, lambda v: v.lower().split(",")),
+    "--dst-type": ({"fib": {"flags": ["daddr"], "result": "type"}}, lambda v: v.lower().split(",")),
+}
 
 
 def _ipt_rule(family, chain, args):
@@ -308,6 +389,12 @@ def _ipt_rule(family, chain, args):
                 i += 2
         elif opt == "-m" and val == "comment":
             i += 4
+        elif opt == "-m":   # a match module: its options follow
+            i += 2
+        elif opt in _IPT_MATCHES and i + 1 < len(args):
+            left, convert = _IPT_MATCHES[opt]
+            expr.append({"match": {"op": "!=" if neg else "==", "left": left, "right": convert(val)}})
+            i += 2
         else:  # any other match selects packets
             expr.append({"match": {"op": "==", "left": {"opaque": opt}, "right": val}})
             i += 1
@@ -335,13 +422,12 @@ def from_iptables_save(text, family):
     return {"nftables": items}
 
 
-def read_blockers(module, table, tunnels, run):
-    """Foreign blocking chains on the host: nftables (iptables-nft included) and iptables-legacy.
+def read_rulesets(module, run):
+    """The host's rulesets in ``nft -j list ruleset`` form: nftables (iptables-nft included) and iptables-legacy.
 
     ``run(argv)`` returns (rc, stdout). Without ``nft``, ``iptables-save`` of
     whichever flavour is installed is read instead.
     """
-    found = []
     nft = module.get_bin_path("nft")
     sources = []
     if nft:
@@ -357,9 +443,22 @@ def read_blockers(module, table, tunnels, run):
             rc, out = run([binary, "-t", "filter"])
             if rc == 0:
                 sources.append(from_iptables_save(out, family))
+    return sources
+
+
+def find_blockers(sources, table, tunnels, ports=()):
+    """(chains blocking client traffic, chains dropping the tunnel's own UDP ``ports`` with a ``port`` key)."""
+    blockers, closed = [], []
     for source in sources:
-        found += [b for b in blocking_chains(source, table, tunnels) if b not in found]
-    return found
+        blockers += [b for b in blocking_chains(source, table, tunnels) if b not in blockers]
+        for port in ports:
+            closed += [dict(b, port=port) for b in blocking_chains(source, table, tunnels, ("input",), port)
+                       if dict(b, port=port) not in closed]
+    return blockers, closed
+
+
+def describe_closed(b):
+    return "UDP port %d dropped by %s" % (b["port"], describe_blocker(b))
 
 
 def unresolved(blockers, backend, firewalld_zone):

@@ -41,6 +41,16 @@ options:
     type: str
     choices: [nftables, iptables]
     default: nftables
+  listen_ports:
+    description:
+      - UDP ports the tunnels listen on (WireGuard's C(ListenPort)). A foreign input base
+        chain that drops a new datagram to one of them from outside is returned in
+        RV(closed_ports) and warned about: clients then reach the node through the relay
+        only. An accept on the input interface, the protocol, the port, C(ct state new) or
+        C(fib daddr type local) is read; any other match counts as selective.
+    type: list
+    elements: int
+    default: []
   firewalld_zone:
     description:
       - firewalld zone the tunnel interfaces are (or will be) bound to; a zone that accepts
@@ -109,6 +119,14 @@ summary:
   type: list
   elements: str
   sample: ["ip filter FORWARD (hook forward, policy drop)"]
+closed_ports:
+  description:
+    - Foreign input base chains that drop a new datagram to one of O(listen_ports) from
+      outside, like RV(blockers) with the C(port).
+  returned: always
+  type: list
+  elements: dict
+  sample: [{family: ip, table: filter, chain: INPUT, hook: input, reason: policy drop, port: 51820}]
 firewalld:
   description: Whether firewalld is running.
   returned: always
@@ -126,6 +144,7 @@ def main():
             table=dict(type="str", default="higgs_vpn"),
             tunnel_interfaces=dict(type="list", elements="str", default=["wg0"]),
             backend=dict(type="str", choices=["nftables", "iptables"], default="nftables"),
+            listen_ports=dict(type="list", elements="int", default=[]),
             firewalld_zone=dict(type="str", default=""),
         ),
         supports_check_mode=True,
@@ -137,11 +156,16 @@ def main():
             module.fail_json(msg="%s failed: %s" % (" ".join(argv), err.strip()), rc=rc)
         return rc, out
 
-    blockers = fw.read_blockers(module, module.params["table"], module.params["tunnel_interfaces"], run)
+    blockers, closed = fw.find_blockers(fw.read_rulesets(module, run), module.params["table"],
+                                        module.params["tunnel_interfaces"], module.params["listen_ports"])
+    for b in closed:
+        module.warn("%s: clients can reach this node through the relay only. Accept UDP port %d in that "
+                    "chain's firewall (e.g. ufw allow %d/udp, firewall-cmd --permanent --add-port=%d/udp)"
+                    % (fw.describe_closed(b), b["port"], b["port"], b["port"]))
     cmd = module.get_bin_path("firewall-cmd")
     firewalld = bool(cmd) and module.run_command([cmd, "--state"])[0] == 0
     zone = module.params["firewalld_zone"] if firewalld else ""
-    module.exit_json(changed=False, blockers=blockers, firewalld=firewalld,
+    module.exit_json(changed=False, blockers=blockers, closed_ports=closed, firewalld=firewalld,
                      unresolved=fw.unresolved(blockers, module.params["backend"], zone),
                      summary=[fw.describe_blocker(b) for b in blockers])
 

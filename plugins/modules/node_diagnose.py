@@ -265,25 +265,34 @@ def relay_checks(status, health):
     return checks
 
 
-def foreign_firewall_check(module, params):
-    """Every foreign forward/input base chain that drops client traffic now.
+def foreign_firewall_check(module, params, ports):
+    """Every foreign forward/input base chain that drops client traffic, or the tunnel's UDP ``ports``, now.
 
     Catches a foreign service that inserted a drop after the converge, and the
     collection's jump or table removed behind its back on a node whose other
-    firewall then drops everything (Docker's or ufw's FORWARD policy).
+    firewall then drops everything (Docker's or ufw's FORWARD policy). A closed
+    tunnel port fails its own check: clients then come through the relay only.
     """
     def read(argv):
         rc, out, _err = run(module, argv)
         return rc, out
 
     try:
-        blockers = fw.read_blockers(module, params["firewall_table"], [params["interface"]], read)
+        blockers, closed = fw.find_blockers(fw.read_rulesets(module, read), params["firewall_table"],
+                                            [params["interface"]], ports)
     except ValueError as exc:
-        return check("foreign firewall", False, "cannot read the ruleset: %s" % exc)
+        return [check("foreign firewall", False, "cannot read the ruleset: %s" % exc)]
+    if closed:
+        port = check("tunnel port", False, "%s (only relayed clients reach the node)"
+                     % "; ".join(fw.describe_closed(b) for b in closed))
+    else:
+        port = check("tunnel port", True, "no other firewall drops UDP port %s from outside"
+                     % (", ".join(str(p) for p in ports) or "(no listening tunnel)"))
     if blockers:
-        return check("foreign firewall", False, "client traffic on %s dropped by %s"
-                     % (params["interface"], "; ".join(fw.describe_blocker(b) for b in blockers)))
-    return check("foreign firewall", True, "no other firewall drops what arrives on %s" % params["interface"])
+        return [check("foreign firewall", False, "client traffic on %s dropped by %s"
+                      % (params["interface"], "; ".join(fw.describe_blocker(b) for b in blockers))), port]
+    return [check("foreign firewall", True, "no other firewall drops what arrives on %s" % params["interface"]),
+            port]
 
 
 def main():
@@ -303,11 +312,13 @@ def main():
     params = module.params
     iface = params["interface"]
     ip = module.get_bin_path("ip", required=True)
-    checks = [forwarding_check(), firewall_check(module, params), foreign_firewall_check(module, params)]
+    checks = [forwarding_check(), firewall_check(module, params)]
 
     peers = []
     wg = module.get_bin_path("wg")
     rc, out, err = run(module, [wg, "show", iface, "dump"]) if wg else (1, "", "wg is not installed")
+    port = out.splitlines()[0].split("\t")[2] if rc == 0 and out.strip() else "0"
+    checks += foreign_firewall_check(module, params, [int(port)] if port.isdigit() and port != "0" else [])
     if rc != 0:
         checks.append(check("wireguard", False, "%s is not up: %s" % (iface, err)))
     else:

@@ -172,3 +172,75 @@ def test_only_the_forwarding_chains_count_as_the_collections_jump():
     rules = with_first(ruleset("docker"), {"rule": {"family": "ip", "table": "filter", "chain": "FORWARD",
                                                     "expr": [{"jump": {"target": "higgs_vpn_conn_forward"}}]}})
     assert ("ip", "filter", "FORWARD", "forward") in found(rules)
+
+
+# The tunnel's own UDP port on the input hook ------------------------------------------------
+def closed(rules, port=51820):
+    return {(b["family"], b["table"], b["chain"]): b["reason"]
+            for b in fw.blocking_chains(rules, "higgs_vpn", ["wg0"], ("input",), port)}
+
+
+@pytest.mark.parametrize("name, port, expected", [
+    # captured after `ufw allow 51820/udp` / `firewall-cmd --permanent --add-port=51820/udp`
+    ("ufw-port", 51820, {}),
+    ("ufw-port", 51821, {("ip", "filter", "INPUT"): "drop rule in ufw-skip-to-policy-input",
+                         ("ip6", "filter", "INPUT"): "policy drop"}),
+    ("firewalld-port", 51820, {}),
+    ("firewalld-port", 51821, {("inet", "firewalld", "filter_INPUT"): "reject rule in filter_IN_public"}),
+    ("ufw", 51820, {("ip", "filter", "INPUT"): "drop rule in ufw-skip-to-policy-input",
+                    ("ip6", "filter", "INPUT"): "policy drop"}),
+    ("docker", 51820, {}),
+])
+def test_the_tunnel_port_from_outside(name, port, expected):
+    assert closed(ruleset(name), port) == expected
+
+
+def _input(*rules, policy="drop"):
+    return {"nftables": [{"chain": {"family": "inet", "table": "hand", "name": "in", "type": "filter",
+                                    "hook": "input", "prio": 0, "policy": policy}}]
+            + [{"rule": {"family": "inet", "table": "hand", "chain": "in", "expr": expr}} for expr in rules]}
+
+
+def _m(left, right, op="=="):
+    return {"match": {"op": op, "left": left, "right": right}}
+
+
+IIF = {"meta": {"key": "iifname"}}
+DPORT = {"payload": {"protocol": "udp", "field": "dport"}}
+CT = {"ct": {"key": "state"}}
+
+
+@pytest.mark.parametrize("rules, is_closed", [
+    ([[_m(IIF, "eth0"), _m(DPORT, 51820), {"accept": None}]], False),        # on the egress: open
+    ([[_m(IIF, "wg0"), _m(DPORT, 51820), {"accept": None}]], True),          # on the tunnel only
+    ([[_m(IIF, "lo"), {"accept": None}]], True),
+    ([[_m(IIF, {"set": ["lo", "wg0"]}, "!="), _m(DPORT, {"set": [{"range": [50000, 60000]}]}), {"accept": None}]],
+     False),
+    ([[_m(CT, ["established", "related"], "in"), {"accept": None}]], True),  # a new datagram is not related
+    ([[_m(CT, "new", "in"), _m({"meta": {"key": "l4proto"}}, "udp"), {"accept": None}]], False),
+    ([[_m({"meta": {"key": "l4proto"}}, "tcp"), {"accept": None}]], True),
+    ([[_m(DPORT, 51820), {"drop": None}]], True),
+    ([[_m(DPORT, 51821), {"drop": None}]], False),
+    ([[_m({"payload": {"protocol": "ip", "field": "saddr"}}, "192.0.2.1"), {"accept": None}]], True),  # selective
+])
+def test_hand_made_input_rules_for_the_tunnel_port(rules, is_closed):
+    policy = "accept" if rules[0][-1] == {"drop": None} else "drop"
+    assert bool(closed(_input(*rules, policy=policy))) is is_closed
+
+
+def test_iptables_save_port_rules_are_read():
+    text = "\n".join([
+        "*filter", ":INPUT DROP [0:0]", ":FORWARD ACCEPT [0:0]",
+        "-A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+        "-A INPUT -i eth0 -p udp -m multiport --dports 53,51000:52000 -j ACCEPT",
+        "COMMIT", ""])
+    assert closed(fw.from_iptables_save(text, "ip")) == {}
+    assert closed(fw.from_iptables_save(text, "ip"), 53000) == {("ip", "filter", "INPUT"): "policy drop"}
+    tcp = text.replace("-p udp", "-p tcp")
+    assert closed(fw.from_iptables_save(tcp, "ip")) == {("ip", "filter", "INPUT"): "policy drop"}
+
+
+def test_find_blockers_reports_both_kinds():
+    blockers, ports = fw.find_blockers([ruleset("ufw")], "higgs_vpn", ["wg0"], [51820])
+    assert {b["hook"] for b in blockers} == {"forward", "input"}
+    assert [(b["family"], b["port"]) for b in ports] == [("ip", 51820), ("ip6", 51820)]
