@@ -99,7 +99,7 @@ def build_base(suite: str) -> None:
         return
     root = Path(tempfile.mkdtemp(prefix=f"higgs-{suite}-"))
     try:
-        print(f"lab: debootstrap {suite} (about a minute)", flush=True)
+        print(f"lab: debootstrap {suite} (about a minute)", file=sys.stderr, flush=True)
         subprocess.run(
             ["debootstrap", "--variant=minbase", f"--include={BASE_INCLUDE}", suite, str(root), MIRROR],
             check=True, stdout=subprocess.DEVNULL,
@@ -129,7 +129,7 @@ def build_lab(suite: str, layer: str = "") -> None:
     name = f"higgs-lab{'-' + layer if layer else ''}:{suite}"
     if image_label(name, f"{LABEL}.digest") == digest:
         return
-    print(f"lab: building {name}", flush=True)
+    print(f"lab: building {name}", file=sys.stderr, flush=True)  # stdout is create's JSON
     docker(
         "build", "-q", "--network", "bridge", "--build-arg", f"SUITE={suite}",
         "--label", f"{LABEL}.digest={digest}", "-f", str(dockerfile), "-t", name, str(HERE),
