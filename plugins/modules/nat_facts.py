@@ -91,7 +91,7 @@ ansible_facts:
           description: The stunMappedAddress the connector reports (the endpoint, or the address STUN saw).
           type: str
         mapping:
-          description: Our mapping on the router (protocol, external_address, external_port, lan_address, lease) or V(null).
+          description: Our mapping on the router (protocol, external address and port, LAN address, lease) or V(null).
           type: dict
         manual_forwarding:
           description: With the relay route, what to forward by hand on the router (protocol, port, lan_address).
@@ -103,7 +103,7 @@ ansible_facts:
           description: The node or its router has a carrier-grade NAT (100.64/10) or other non-public outside address.
           type: bool
         ipv4:
-          description: Egress address and class, STUN server, mapped address, mapping/filtering behaviour, measured type.
+          description: Egress address and class, STUN server and mapped address, mapping/filtering behaviour, type.
           type: dict
         ipv6:
           description: Egress address and class (public, private, none).

@@ -22,6 +22,7 @@ import tempfile
 from . import natpmp, stun
 
 CGNAT = ipaddress.ip_network("100.64.0.0/10")
+PRIVATE = [ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")]
 PROTOCOLS = ("upnp", "natpmp")
 NAT_TYPES = ("FullCone", "RestrictedCone", "PortRestricted", "Symmetric")
 
@@ -63,17 +64,15 @@ def split_hostport(text: str) -> tuple[str, int]:
 
 
 def address_class(address: str | None) -> str:
-    """public / private (RFC 1918, IPv6 ULA) / cgnat (100.64/10) / none / reserved."""
+    """public / private (RFC 1918, IPv6 ULA) / cgnat (100.64/10) / reserved (other special ranges) / none."""
     if address is None:
         return "none"
     ip = ipaddress.ip_address(address)
+    if any(ip in net for net in PRIVATE if net.version == ip.version):
+        return "private"
     if ip.version == 4 and ip in CGNAT:
         return "cgnat"
-    if ip.version == 6 and ip in ipaddress.ip_network("fc00::/7"):
-        return "private"
-    if ip.is_global:
-        return "public"
-    return "private" if ip.is_private and not (ip.is_loopback or ip.is_link_local) else "reserved"
+    return "public" if ip.is_global else "reserved"
 
 
 def egress_source(family: int, toward: str) -> str | None:
@@ -326,7 +325,8 @@ def main(argv=None):
     except OSError as exc:
         log("higgs-nat: %s" % exc)
         return 1
-    print(json.dumps(state, sort_keys=True))
+    if args.mode != "apply":   # apply logs a changed state; the state file holds it
+        print(json.dumps(state, sort_keys=True))
     return 0
 
 
