@@ -8,7 +8,8 @@ write ``net.*`` sysctls inside a container, including after a restart.
 Topology comes from the molecule platforms; each platform may carry::
 
     lab_image: higgs-lab:bookworm          # default; higgs-lab-fw:<suite> adds
-                                           # ufw and firewalld (built on first use)
+                                           # ufw and firewalld, higgs-lab-nat:<suite>
+                                           # miniupnpd and coturn (built on first use)
     lab_networks:                          # docker networks, all internal
       uplink: [10.41.0.2/24, fd00:41::2/64]
     lab_routes:                            # re-applied at every boot
@@ -120,7 +121,8 @@ def build_lab(suite: str, layer: str = "") -> None:
 
     Lab networks are internal (no mirror), so packages come with the image;
     the roles' install tasks then find them present. ``layer`` "fw" builds
-    higgs-lab-fw:<suite> (Dockerfile.fw) over higgs-lab:<suite>.
+    higgs-lab-fw:<suite> (Dockerfile.fw) over higgs-lab:<suite>, "nat"
+    higgs-lab-nat:<suite> (Dockerfile.nat).
     """
     dockerfile = HERE / ("Dockerfile" + (f".{layer}" if layer else ""))
     # A layer is rebuilt when the lab layer under it changes too.
@@ -201,8 +203,9 @@ def radvd_conf(plat: dict) -> str:
 def create(scenario: str, platforms: list[dict]) -> list[dict]:
     destroy(scenario, platforms)
     for image in sorted({p.get("lab_image", "") for p in platforms}):
-        if image.startswith("higgs-lab-fw:"):
-            build_lab(image.split(":")[1], "fw")
+        for layer in ("fw", "nat"):
+            if image.startswith(f"higgs-lab-{layer}:"):
+                build_lab(image.split(":")[1], layer)
     for name, spec in networks_of(scenario, platforms).items():
         args = ["network", "create", "--internal", "--label", f"{LABEL}.scenario={scenario}"]
         if spec["v4"]:

@@ -61,12 +61,28 @@ CASES = [
     ("relay_connector", {"relay_connector_public_key": "12345"}, "relay_connector_public_key"),
     ("relay_connector", {"relay_connector_settings": {"heartbeat_interval": 5}},
      "relay_connector_settings.heartbeat_interval"),
+    # nat_traversal (issue 16): a port out of range, an unknown mapping protocol, a STUN server that is not
+    # host:port, a renewal not shorter than the lease, a line injected into the units
+    ("nat_traversal", {"nat_traversal_wireguard_port": 70000},
+     "nat_traversal_wireguard_port: 70000 is not a UDP port"),
+    ("nat_traversal", {"nat_traversal_protocols": ["upnp", "pcp"]},
+     "nat_traversal_protocols: pcp is not a mapping protocol"),
+    ("nat_traversal", {"nat_traversal_stun_servers": ["stun.example.net"]},
+     "nat_traversal_stun_servers: stun.example.net is not host:port"),
+    ("nat_traversal", {"nat_traversal_stun_servers": ["10.47.1.31:3478", "stun.example.net:99999"]},
+     "nat_traversal_stun_servers: stun.example.net:99999 is not host:port"),
+    ("nat_traversal", {"nat_traversal_renew_interval": 3600}, "nat_traversal_renew_interval"),
+    ("nat_traversal", {"nat_traversal_description": "x\nExecStart=/bin/sh"},
+     "nat_traversal_description contains the control character"),
 ]
 # Values every case starts from, where a role needs some to pass its checks.
 BASE = {"relay_connector": {"relay_connector_relays": ["https://relay.example.net"],
                             "relay_connector_wireguard_port": 51820,
                             "relay_connector_public_key": "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="}}
 ACCEPTED = [
+    ("nat_traversal", {}),
+    ("nat_traversal", {"nat_traversal_stun_servers": ["[2001:db8::1]:3478", "10.47.1.31:3478"],
+                       "nat_traversal_protocols": []}),
     ("relay_connector", {}),
     ("relay_connector", {"relay_connector_location": {"country": "DE", "region": "", "coordinates": None}}),
 ]

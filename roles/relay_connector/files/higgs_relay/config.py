@@ -45,6 +45,8 @@ class Config:
     token_file: str = ""
     token: str = ""
     ca_file: str = ""
+    # natType / stunMappedAddress measured by the nat_traversal role's agent (read at each registration)
+    nat_state_file: str = ""
     wireguard_host: str = "127.0.0.1"
     wireguard_port: int = 51820
     public_key: str = ""
@@ -222,7 +224,8 @@ NUMBERS = {
     "write_buffer": (1 << 14, 64 << 20, int),
     "burst": (1, 4096, int),
 }
-STRINGS = ("node_id", "relay_mode", "token_file", "ca_file", "wireguard_host", "public_key", "listen", "log_level")
+STRINGS = ("node_id", "relay_mode", "token_file", "ca_file", "nat_state_file", "wireguard_host", "public_key",
+           "listen", "log_level")
 BOOLEANS = ("batch", "discover_relays", "uvloop")
 KNOWN = set(NUMBERS) | set(STRINGS) | set(BOOLEANS) | {"relays", "network", "capabilities", "location"}
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -404,6 +407,10 @@ def validate(raw) -> Config:
     if ca_file and not os.path.isfile(ca_file):
         problems.append("ca_file %s does not exist; give a PEM bundle or leave it empty for the system CAs" % ca_file)
 
+    nat_state_file = text["nat_state_file"]
+    if nat_state_file and not nat_state_file.startswith("/"):
+        problems.append("nat_state_file %r must be an absolute path (or empty)" % nat_state_file)
+
     public_key = text["public_key"]
     try:
         if len(base64.b64decode(public_key, validate=True)) != 32 or len(public_key) != 44:
@@ -438,7 +445,8 @@ def validate(raw) -> Config:
     if problems:
         raise ConfigError(problems)
     return Config(node_id=node_id, relays=relays, relay_mode=mode, token_file=token_file, token=token,
-                  ca_file=ca_file, wireguard_host=host, public_key=public_key, listen=listen, log_level=level,
+                  ca_file=ca_file, nat_state_file=nat_state_file,
+                  wireguard_host=host, public_key=public_key, listen=listen, log_level=level,
                   **objects, **values)
 
 

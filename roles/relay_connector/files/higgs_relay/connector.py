@@ -32,6 +32,7 @@ from . import __version__, backoff, config, framing, metrics, rest, udp
 log = logging.getLogger("higgs-relay")
 
 EX_SOFTWARE = 70          # an unexpected error: logged, and systemd restarts the unit
+MAX_NAT_STATE = 1 << 16    # bytes read of the NAT state file
 MIN_REREGISTER = 30.0     # seconds between two registrations at one relay, whatever expiresAt says
 HEARTBEAT_RANGE = (10.0, 300.0)   # what the server accepts as heartbeatInterval; nextHeartbeat clamped to it
 NOTES = 256               # distinct "log once" causes kept per link (memory bound)
@@ -90,6 +91,7 @@ class Link:
         self.not_before = 0.0       # monotonic time before which this relay asked not to be tried (Retry-After)
         self.next_register = 0.0    # monotonic time of the next periodic registration
         self.registered_mono = 0.0
+        self.nat_generation = 0     # the NatState generation of the last registration
         self.heartbeat_due = 0.0
         self.noted = set()          # causes already logged (bounded by NOTES)
         self.rtts = collections.deque(maxlen=WINDOW)
@@ -398,6 +400,11 @@ class Link:
                 if now >= next_metrics:
                     next_metrics = now + cfg.metrics_interval
                     pending.add(self.daemon.spawn(self.send_metrics()))
+                self.daemon.nat.refresh()
+                if self.daemon.nat.generation != self.nat_generation and self.next_register != math.inf:
+                    # the NAT state changed what the relay's route choice depends on: tell it (no storm:
+                    # not sooner than MIN_REREGISTER after the last registration)
+                    self.next_register = min(self.next_register, self.registered_mono + MIN_REREGISTER)
                 if now >= self.next_register:
                     self.next_register = math.inf   # register() sets the next one
                     pending.add(self.daemon.spawn(self._reregister()))
@@ -627,9 +634,77 @@ class Link:
         frames.extend(packed)
 
 
+class NatState:
+    """natType and stunMappedAddress measured by the nat_traversal role's agent, from its state file.
+
+    The file is read again only when it changed (mtime, size, inode), at most
+    MAX_NAT_STATE bytes.  A missing, oversized or malformed file, or values the
+    relay would refuse, leave the configured network values in place (logged
+    once per distinct problem).  ``generation`` counts changes of what the
+    relay's route choice depends on (natType, route, endpoint): a link
+    registers again when it registered an older generation.
+    """
+
+    def __init__(self, path):
+        self.path = path
+        self.stamp = None
+        self.values = None
+        self.key = None
+        self.generation = 0
+        self.problem = None
+
+    def refresh(self):
+        if not self.path:
+            return
+        try:
+            st = os.stat(self.path)
+            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except OSError:
+            stamp = None
+        if stamp == self.stamp:
+            return
+        self.stamp = stamp
+        values, problem = self.read() if stamp else (None, None)
+        if problem and problem != self.problem:
+            log.warning("NAT state %s not used: %s", self.path, problem)
+        self.problem = problem
+        self.values = values
+        key = values and (values["nat_type"], values["route"], values["endpoint"])
+        if key != self.key:
+            self.key = key
+            self.generation += 1
+            if values:
+                log.info("NAT state: natType %s, %s route", values["nat_type"], values["route"])
+
+    def read(self):
+        try:
+            with open(self.path, "rb") as handle:
+                raw = handle.read(MAX_NAT_STATE + 1)
+        except OSError as exc:
+            return None, say(exc)
+        if len(raw) > MAX_NAT_STATE:
+            return None, "larger than %d bytes" % MAX_NAT_STATE
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            return None, "not JSON"
+        if not isinstance(data, dict):
+            return None, "not a JSON object"
+        values = {key: data.get(key) for key in ("nat_type", "stun_mapped_address", "route", "endpoint")}
+        for key, check in (("nat_type", config._nat_type), ("stun_mapped_address", config._mapped_address),
+                           ("endpoint", config._mapped_address)):
+            problem = check(values[key])
+            if problem:
+                return None, "%s %s" % (key, problem)
+        if values["route"] not in ("direct", "relay"):
+            return None, "route must be direct or relay, not %r" % (values["route"],)
+        return values, None
+
+
 class Daemon:
     def __init__(self, cfg: config.Config):
         self.cfg = cfg
+        self.nat = NatState(cfg.nat_state_file)
         self.loop = asyncio.get_running_loop()
         self.metrics = metrics.Metrics([r.name for r in cfg.relays])
         self.ssl = rest.ssl_context(cfg.ca_file) if any(r.tls for r in cfg.relays) else None
@@ -700,6 +775,11 @@ class Daemon:
         """The register body in exactly the server's shape (config.validate checked every value)."""
         cfg = self.cfg
         net = cfg.network
+        self.nat.refresh()
+        link.nat_generation = self.nat.generation
+        if self.nat.values:
+            net = dict(net, nat_type=self.nat.values["nat_type"],
+                       stun_mapped_address=self.nat.values["stun_mapped_address"])
         cap = cfg.capabilities
         loc = cfg.location
         body = {

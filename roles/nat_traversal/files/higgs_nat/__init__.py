@@ -1,0 +1,1 @@
+"""higgs_nat: NAT detection and WireGuard port mapping of a Higgs.net node."""
