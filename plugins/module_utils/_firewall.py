@@ -294,7 +294,9 @@ def blocking_chains(ruleset, table, tunnels, hooks=_HOOKS, port=None):
             rules.setdefault((r["family"], r["table"], r["chain"]), []).append(r)
     if port is None:
         ours = {"%s_%s" % (table, hook) for hook in hooks}
-        decide = lambda value: _iif_match(value, tunnels)  # noqa: E731 - the client packet's one decided match
+
+        def decide(value):   # a client packet: only its input interface is known
+            return _iif_match(value, tunnels)
     else:
         ours, decide = set(), _port_packet(port, tunnels)
 

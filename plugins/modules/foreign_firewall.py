@@ -45,7 +45,7 @@ options:
     description:
       - UDP ports the tunnels listen on (WireGuard's C(ListenPort)). A foreign input base
         chain that drops a new datagram to one of them from outside is returned in
-        RV(closed_ports) and warned about: clients then reach the node through the relay
+        RV(closed_ports) and warned about; clients then reach the node through the relay
         only. An accept on the input interface, the protocol, the port, C(ct state new) or
         C(fib daddr type local) is read; any other match counts as selective.
     type: list

@@ -86,8 +86,8 @@ def transact(gateway: str, message: bytes, opcode: int, internal_port: int | Non
                 except ValueError:
                     continue
                 if answer["result"] != 0:
-                    raise NatPmpError("NAT-PMP: %s (result %d)" % (RESULTS.get(answer["result"], "error"),
-                                                                  answer["result"]))
+                    code = answer["result"]
+                    raise NatPmpError("NAT-PMP: %s (result %d)" % (RESULTS.get(code, "error"), code))
                 return answer
             wait *= 2
     raise NatPmpError("NAT-PMP: no answer from %s:%d" % (gateway, PORT))
