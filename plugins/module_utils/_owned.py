@@ -18,6 +18,13 @@ stored in the first line of the persisted file. The firewall is in sync when
 the persisted ruleset equals the rendered one and the live listing still
 hashes to the stored value. The persisted files are what the boot units
 ``higgs-vpn-nft@<name>`` / ``higgs-vpn-iptables@<name>`` load.
+
+The boot restore is this engine's too (:func:`boot_sync`): one template unit
+per backend, the same for every owned table, and per table an instance drop-in
+naming its persisted files and the tables it is restored after, enabled in
+``sysinit.target.wants``. Removing a table removes its instance only; the
+template goes with the last instance of it (the enabled instances are the list
+of owned tables).
 """
 
 from __future__ import annotations
@@ -26,6 +33,10 @@ import hashlib
 import os
 import re
 import tempfile
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.higgs.vpn.plugins.module_utils._net import ifname_error
 
 FINGERPRINT_PREFIX = "# higgs-vpn live-sha256: "
 BACKENDS = ("nftables", "iptables")
@@ -45,7 +56,12 @@ ARGUMENT_SPEC = dict(
     backend=dict(type="str", choices=list(BACKENDS), default="nftables"),
     tunnel_interfaces=dict(type="list", elements="str", default=["wg0"]),
     persist_dir=dict(type="path", default="/etc/higgs-vpn/firewall"),
+    restore_after=dict(type="list", elements="str", default=[]),
 )
+UNIT_DIR = "/etc/systemd/system"
+WANTS = "sysinit.target.wants"
+TEMPLATES = {"nftables": "higgs-vpn-nft@.service", "iptables": "higgs-vpn-iptables@.service"}
+DROPIN = "higgs-vpn.conf"
 _COUNTER_RE = re.compile(r"counter packets \d+ bytes \d+")
 _IPT_COUNTS_RE = re.compile(r"\[\d+:\d+\]")
 _NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,14}")
@@ -56,6 +72,27 @@ def name_error(name):
     if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         return "use 1-15 lower-case letters, digits or _, starting with a letter"
     return None
+
+
+def common_errors(params):
+    """Problems with the options every owned-firewall module takes, each naming its option."""
+    errors = []
+    for option, names in (("table", [params["table"]]), ("restore_after", params["restore_after"])):
+        for name in names:
+            why = name_error(name)
+            if why:
+                errors.append("%s %r: %s" % (option, name, why))
+    if params["table"] in params["restore_after"]:
+        errors.append("restore_after: lists the table %r itself" % params["table"])
+    if params["state"] == "absent":
+        return errors
+    if not params["tunnel_interfaces"]:
+        errors.append("tunnel_interfaces: list at least one interface")
+    for name in params["tunnel_interfaces"]:
+        why = ifname_error(name)
+        if why:
+            errors.append("tunnel_interfaces: %r %s" % (name, why))
+    return errors
 
 
 # ---------------------------------------------------------------------------
@@ -206,6 +243,13 @@ def read_file(path):
         return None
 
 
+def persist_paths(backend, name, persist_dir):
+    """{ruleset key: persisted file} of the owned objects ``name`` of ``backend``."""
+    if backend == "nftables":
+        return {"nftables": os.path.join(persist_dir, name + ".nft")}
+    return {"ipv%d" % v: os.path.join(persist_dir, "%s.ipv%d.rules" % (name, v)) for v in IPT_BINS}
+
+
 def write_file(module, path, text, mode=0o600, dir_mode=0o700):
     directory = os.path.dirname(path)
     if not os.path.isdir(directory):
@@ -224,7 +268,7 @@ class Nftables:
         self.module = module
         self.name = name
         self.nft = module.get_bin_path("nft", required=required)
-        self.paths = {"nftables": os.path.join(persist_dir, name + ".nft")}
+        self.paths = persist_paths("nftables", name, persist_dir)
 
     def live(self):
         if self.nft is None:
@@ -259,7 +303,7 @@ class Iptables:
         self.bins = {v: [module.get_bin_path(b, required=required) for b in bins]
                      for v, bins in IPT_BINS.items()}
         self.nft = module.get_bin_path("nft")
-        self.paths = {"ipv%d" % v: os.path.join(persist_dir, "%s.ipv%d.rules" % (name, v)) for v in IPT_BINS}
+        self.paths = persist_paths("iptables", name, persist_dir)
         self.created_path = os.path.join(persist_dir, "%s.created-chains" % name)
 
     def saved(self, ver):
@@ -325,6 +369,146 @@ class Iptables:
 def for_jumps(rendered_by_family, name):
     """Persisted iptables bodies carry every jump: the boot unit deletes them first."""
     return {key: add_jumps(text, name, set(JUMPS)) for key, text in rendered_by_family.items()}
+
+
+# ---------------------------------------------------------------------------
+# Boot restore
+# ---------------------------------------------------------------------------
+
+_TEMPLATE = """\
+# Managed by higgs.vpn (module_utils/_owned.py), shared by every owned firewall
+# table of the %(backend)s backend: restores the table %%i before any network
+# interface, so that forwarding never runs without its firewall. The files it
+# loads and its order are in the instance's drop-in %(dropin)s.
+# Removed with the last owned table.
+[Unit]
+Description=higgs.vpn owned firewall %%i (%(backend)s)
+DefaultDependencies=no
+Wants=network-pre.target
+Before=network-pre.target shutdown.target
+Conflicts=shutdown.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+%(pre)s
+[Install]
+WantedBy=sysinit.target
+"""
+
+
+def instance(backend, name):
+    return TEMPLATES[backend].replace("@", "@" + name)
+
+
+def template_text(backend):
+    """The template unit of ``backend``: the same for every table and persist directory."""
+    pre = ""
+    if backend == "iptables":
+        # the jumps are deleted first, so that a restart never duplicates them
+        pre = "".join(
+            "ExecStartPre=-/usr/sbin/%s -w%s -D %s -j %%i_%s\n"
+            % (binary, "" if table == "filter" else " -t " + table, builtin, suffix)
+            for binary in ("iptables", "ip6tables") for table, builtin, suffix in JUMPS)
+    return _TEMPLATE % dict(backend=backend, dropin=DROPIN, pre=pre)
+
+
+def dropin_text(backend, paths, after):
+    """The instance drop-in: the persisted files to load, and the tables restored before."""
+    lines = ["# Managed by higgs.vpn (module_utils/_owned.py).", "[Unit]",
+             "ConditionPathExists=%s" % sorted(paths.values())[0]]
+    if after:
+        # iptables jumps are inserted first: a table restored later is matched earlier
+        lines.append("After=%s" % " ".join(instance(b, t) for t in after for b in BACKENDS))
+    lines += ["", "[Service]"]
+    if backend == "nftables":
+        lines.append("ExecStart=/usr/sbin/nft -f %s" % paths["nftables"])
+    else:
+        lines += ["ExecStart=/usr/sbin/%s -w --noflush %s" % (IPT_BINS[v][2], paths["ipv%d" % v]) for v in IPT_BINS]
+    return "\n".join(lines) + "\n"
+
+
+def boot_paths(backend, name):
+    """(template, drop-in, wants link) paths of the boot restore of table ``name``."""
+    unit = instance(backend, name)
+    return (os.path.join(UNIT_DIR, TEMPLATES[backend]), os.path.join(UNIT_DIR, unit + ".d", DROPIN),
+            os.path.join(UNIT_DIR, WANTS, unit))
+
+
+def enabled_tables(backend):
+    """The owned tables whose boot restore of ``backend`` is enabled."""
+    head, _at, tail = TEMPLATES[backend].partition("@")
+    try:
+        entries = os.listdir(os.path.join(UNIT_DIR, WANTS))
+    except FileNotFoundError:
+        return []
+    return sorted(e[len(head) + 1:-len(tail)] for e in entries
+                  if e.startswith(head + "@") and e.endswith(tail) and e != TEMPLATES[backend])
+
+
+def _systemctl(module, *args):
+    """Run systemctl when systemd runs on the host (not in a chroot or an image build)."""
+    systemctl = module.get_bin_path("systemctl")
+    if systemctl and os.path.isdir("/run/systemd/system"):
+        module.run_command([systemctl, *args])
+
+
+def boot_sync(module, backend, name, paths, after, state):
+    """Enable (or remove) the boot restore of table ``name``; True when anything changed."""
+    template, dropin, link = boot_paths(backend, name)
+    if state == "absent":
+        others = [t for t in enabled_tables(backend) if t != name]
+        stale = [p for p in (dropin, link) if os.path.lexists(p)]
+        if not others and os.path.exists(template):
+            stale.append(template)
+        if stale and not module.check_mode:
+            if os.path.lexists(link):
+                _systemctl(module, "stop", os.path.basename(link))
+            for path in stale:
+                os.unlink(path)
+            if os.path.isdir(os.path.dirname(dropin)) and not os.listdir(os.path.dirname(dropin)):
+                os.rmdir(os.path.dirname(dropin))
+            _systemctl(module, "daemon-reload")
+        return bool(stale)
+    texts = {template: template_text(backend), dropin: dropin_text(backend, paths, after)}
+    stale = [p for p, text in texts.items() if read_file(p) != text]
+    relink = not os.path.islink(link) or os.readlink(link) != template
+    if module.check_mode:
+        return bool(stale) or relink
+    for path in stale:
+        write_file(module, path, texts[path], mode=0o644, dir_mode=0o755)
+    if relink:
+        if os.path.lexists(link):
+            os.unlink(link)
+        if not os.path.isdir(os.path.dirname(link)):
+            os.makedirs(os.path.dirname(link), mode=0o755)
+        os.symlink(template, link)
+    if stale:
+        _systemctl(module, "daemon-reload")
+    return bool(stale) or relink
+
+
+def run_module(argument_spec, validate, render, what):
+    """The whole run of an owned-firewall module: validate, render, sync, boot restore.
+
+    ``validate(params)`` lists the problems, ``render(params)`` returns the
+    ruleset per persisted file; ``what`` names the policy in the error message.
+    Returns (module, result) for the module to add its own fields and exit.
+    """
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    params = module.params
+    errors = common_errors(params) + validate(params)
+    if errors:
+        module.fail_json(msg="invalid %s: %s" % (what, "; ".join(errors)), errors=errors)
+    rendered = render(params) if params["state"] == "present" else None
+    result = sync(module, params["backend"], params["table"], params["persist_dir"], rendered, params["state"])
+    paths = persist_paths(params["backend"], params["table"], params["persist_dir"])
+    if boot_sync(module, params["backend"], params["table"], paths, params["restore_after"], params["state"]):
+        result["changed"] = True
+    result["boot_unit"] = instance(params["backend"], params["table"])
+    if rendered is not None:
+        result["ruleset"] = rendered
+    return module, result
 
 
 def sync(module, backend, name, persist_dir, rendered=None, state="present"):
