@@ -505,7 +505,6 @@ def run_module(argument_spec, validate, render, what):
     paths = persist_paths(params["backend"], params["table"], params["persist_dir"])
     if boot_sync(module, params["backend"], params["table"], paths, params["restore_after"], params["state"]):
         result["changed"] = True
-    result["boot_unit"] = instance(params["backend"], params["table"])
     if rendered is not None:
         result["ruleset"] = rendered
     return module, result

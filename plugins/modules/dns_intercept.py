@@ -83,11 +83,6 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
-boot_unit:
-  description: The boot unit instance restoring the owned objects (enabled unless O(state=absent)).
-  returned: always
-  type: str
-  sample: higgs-vpn-nft@higgs_vpn_dns.service
 ruleset:
   description: The rendered ruleset (nft file, or iptables-restore text per family).
   returned: state is present
