@@ -157,20 +157,31 @@ def split_save(text):
     return tables
 
 
-def _targets_owned(parts, mark):
-    return "-j" in parts and parts.index("-j") + 1 < len(parts) and parts[parts.index("-j") + 1].startswith(mark)
+def _is_owned(chain, prefix, others=()):
+    """Whether ``chain`` is one of ``prefix``'s: not of an owned table named ``prefix_...`` in ``others``."""
+    return chain.startswith(prefix + "_") and not any(chain.startswith(o + "_") for o in others)
 
 
-def owned_lines(prefix, saved):
-    """The ``iptables-save`` lines of the owned chains and the jumps into them."""
-    mark = prefix + "_"
+def _target(parts):
+    return parts[parts.index("-j") + 1] if "-j" in parts and parts.index("-j") + 1 < len(parts) else ""
+
+
+def owned_lines(prefix, saved, others=()):
+    """The ``iptables-save`` lines of the owned chains and the jumps into them.
+
+    ``others``: the other owned tables, whose chains may start with ``prefix_``
+    too (``higgs_vpn_dns_forward`` is not a chain of ``higgs_vpn``).
+    """
+    def mine(chain):
+        return _is_owned(chain, prefix, others)
+
     keep = []
     for table in sorted(saved):
         for line in saved[table]:
             parts = line.split()
-            if parts[0].startswith(":" + mark):
+            if parts[0].startswith(":") and mine(parts[0][1:]):
                 keep.append("%s %s" % (table, _IPT_COUNTS_RE.sub("", line).strip()))
-            elif parts[0] == "-A" and (parts[1].startswith(mark) or _targets_owned(parts, mark)):
+            elif parts[0] == "-A" and (mine(parts[1]) or mine(_target(parts))):
                 keep.append("%s %s" % (table, line))
     return "\n".join(keep) + ("\n" if keep else "")
 
@@ -182,18 +193,20 @@ def missing_jumps(prefix, saved):
     }
 
 
-def removal_text(prefix, saved):
-    """Restore text deleting the jumps into, and the owned chains themselves."""
-    mark = prefix + "_"
+def removal_text(prefix, saved, others=()):
+    """Restore text deleting the jumps into, and the owned chains themselves (not those of ``others``)."""
+    def mine(chain):
+        return _is_owned(chain, prefix, others)
+
     out = []
     for table in sorted(saved):
-        owned = [line.split()[0][1:] for line in saved[table] if line.startswith(":" + mark)]
+        owned = [line.split()[0][1:] for line in saved[table] if line.startswith(":") and mine(line.split()[0][1:])]
         if not owned:
             continue
         out.append("*%s" % table)
         for line in saved[table]:
             parts = line.split()
-            if parts[0] == "-A" and not parts[1].startswith(mark) and _targets_owned(parts, mark):
+            if parts[0] == "-A" and not mine(parts[1]) and mine(_target(parts)):
                 out.append("-D " + " ".join(parts[1:]))
         out += ["-F %s" % c for c in owned] + ["-X %s" % c for c in owned] + ["COMMIT"]
     return "\n".join(out) + "\n" if out else ""
@@ -248,6 +261,16 @@ def persist_paths(backend, name, persist_dir):
     if backend == "nftables":
         return {"nftables": os.path.join(persist_dir, name + ".nft")}
     return {"ipv%d" % v: os.path.join(persist_dir, "%s.ipv%d.rules" % (name, v)) for v in IPT_BINS}
+
+
+def other_tables(name, persist_dir):
+    """The other owned tables whose name starts with ``name_`` (persisted, or restored at boot)."""
+    try:
+        persisted_names = {entry.split(".")[0] for entry in os.listdir(persist_dir)}
+    except FileNotFoundError:
+        persisted_names = set()
+    known = persisted_names.union(*(enabled_tables(b) for b in BACKENDS))
+    return sorted(t for t in known if t.startswith(name + "_"))
 
 
 def write_file(module, path, text, mode=0o600, dir_mode=0o700):
@@ -305,6 +328,7 @@ class Iptables:
         self.nft = module.get_bin_path("nft")
         self.paths = persist_paths("iptables", name, persist_dir)
         self.created_path = os.path.join(persist_dir, "%s.created-chains" % name)
+        self.others = other_tables(name, persist_dir)
 
     def saved(self, ver):
         tables = {}
@@ -318,7 +342,7 @@ class Iptables:
             return {}
         result = {}
         for ver in IPT_BINS:
-            owned = owned_lines(self.name, self.saved(ver))
+            owned = owned_lines(self.name, self.saved(ver), self.others)
             if owned:
                 result["ipv%d" % ver] = owned
         return result
@@ -349,7 +373,7 @@ class Iptables:
     def remove(self):
         if None not in self.bins[4] + self.bins[6]:
             for ver in IPT_BINS:
-                text = removal_text(self.name, self.saved(ver))
+                text = removal_text(self.name, self.saved(ver), self.others)
                 if text:
                     run(self.module, [self.bins[ver][2], "-w", "--noflush"], data=text)
         for fam, table, chain in self.created(3):

@@ -54,6 +54,21 @@ def test_removal_deletes_only_owned_chains_and_jumps():
     assert "DOCKER-USER" not in text
 
 
+def test_a_table_named_like_another_with_a_suffix_keeps_its_chains(tmp_path, monkeypatch):
+    """higgs_vpn_dns_forward is a chain of higgs_vpn_dns, not of higgs_vpn: removing higgs_vpn leaves it."""
+    saved = _owned.split_save(SAVED_FILTER.replace(
+        "-A FORWARD -j DOCKER-USER", "-A FORWARD -j DOCKER-USER\n-A FORWARD -j higgs_vpn_dns_forward").replace(
+        ":higgs_vpn_input - [0:0]", ":higgs_vpn_input - [0:0]\n:higgs_vpn_dns_forward - [0:0]"))
+    monkeypatch.setattr(_owned, "UNIT_DIR", str(tmp_path / "units"))
+    (tmp_path / "fw").mkdir()
+    (tmp_path / "fw" / "higgs_vpn_dns.ipv4.rules").write_text("")
+    others = _owned.other_tables("higgs_vpn", str(tmp_path / "fw"))
+    assert others == ["higgs_vpn_dns"]
+    for text in (_owned.removal_text("higgs_vpn", saved, others), _owned.owned_lines("higgs_vpn", saved, others)):
+        assert "higgs_vpn_forward" in text and "higgs_vpn_dns" not in text
+    assert "-X higgs_vpn_dns_forward" in _owned.removal_text("higgs_vpn_dns", saved, [])
+
+
 def test_persisted_round_trip_and_unreadable_files():
     text = _owned.persisted("body\n", "live")
     assert _owned.parse_persisted(text) == (_owned.fingerprint("live"), "body\n")
