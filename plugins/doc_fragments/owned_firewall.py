@@ -27,6 +27,13 @@ options:
     description: Directory of the persisted rulesets read by the boot units.
     type: path
     default: /etc/higgs-vpn/firewall
+  restore_after:
+    description:
+      - Owned tables whose boot restore must come before this one's (ordering of the boot units).
+      - With iptables a table restored later is matched first, as its jumps are inserted first.
+    type: list
+    elements: str
+    default: []
 attributes:
   check_mode:
     support: full
@@ -37,6 +44,9 @@ attributes:
     platforms: posix
 notes:
   - The rules live in objects the module owns (see M(higgs.vpn.firewall)); they are applied
-    atomically, persisted for the boot units C(higgs-vpn-nft@<table>) / C(higgs-vpn-iptables@<table>),
-    repaired when changed by hand, and removed exactly with O(state=absent).
+    atomically, persisted, repaired when changed by hand, and removed exactly with O(state=absent).
+  - The module also owns their boot restore. It installs the template unit C(higgs-vpn-nft@.service)
+    (or C(higgs-vpn-iptables@.service)), shared by every owned table, and enables the instance
+    C(higgs-vpn-nft@<table>.service) with a drop-in naming the persisted files.
+    O(state=absent) removes that instance, and the template only with the last table using it.
 """

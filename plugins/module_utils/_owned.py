@@ -18,6 +18,13 @@ stored in the first line of the persisted file. The firewall is in sync when
 the persisted ruleset equals the rendered one and the live listing still
 hashes to the stored value. The persisted files are what the boot units
 ``higgs-vpn-nft@<name>`` / ``higgs-vpn-iptables@<name>`` load.
+
+The boot restore is this engine's too (:func:`boot_sync`): one template unit
+per backend, the same for every owned table, and per table an instance drop-in
+naming its persisted files and the tables it is restored after, enabled in
+``sysinit.target.wants``. Removing a table removes its instance only; the
+template goes with the last instance of it (the enabled instances are the list
+of owned tables).
 """
 
 from __future__ import annotations
@@ -26,6 +33,10 @@ import hashlib
 import os
 import re
 import tempfile
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.higgs.vpn.plugins.module_utils._net import ifname_error
 
 FINGERPRINT_PREFIX = "# higgs-vpn live-sha256: "
 BACKENDS = ("nftables", "iptables")
@@ -45,7 +56,12 @@ ARGUMENT_SPEC = dict(
     backend=dict(type="str", choices=list(BACKENDS), default="nftables"),
     tunnel_interfaces=dict(type="list", elements="str", default=["wg0"]),
     persist_dir=dict(type="path", default="/etc/higgs-vpn/firewall"),
+    restore_after=dict(type="list", elements="str", default=[]),
 )
+UNIT_DIR = "/etc/systemd/system"
+WANTS = "sysinit.target.wants"
+TEMPLATES = {"nftables": "higgs-vpn-nft@.service", "iptables": "higgs-vpn-iptables@.service"}
+DROPIN = "higgs-vpn.conf"
 _COUNTER_RE = re.compile(r"counter packets \d+ bytes \d+")
 _IPT_COUNTS_RE = re.compile(r"\[\d+:\d+\]")
 _NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,14}")
@@ -56,6 +72,27 @@ def name_error(name):
     if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         return "use 1-15 lower-case letters, digits or _, starting with a letter"
     return None
+
+
+def common_errors(params):
+    """Problems with the options every owned-firewall module takes, each naming its option."""
+    errors = []
+    for option, names in (("table", [params["table"]]), ("restore_after", params["restore_after"])):
+        for name in names:
+            why = name_error(name)
+            if why:
+                errors.append("%s %r: %s" % (option, name, why))
+    if params["table"] in params["restore_after"]:
+        errors.append("restore_after: lists the table %r itself" % params["table"])
+    if params["state"] == "absent":
+        return errors
+    if not params["tunnel_interfaces"]:
+        errors.append("tunnel_interfaces: list at least one interface")
+    for name in params["tunnel_interfaces"]:
+        why = ifname_error(name)
+        if why:
+            errors.append("tunnel_interfaces: %r %s" % (name, why))
+    return errors
 
 
 # ---------------------------------------------------------------------------
@@ -120,20 +157,31 @@ def split_save(text):
     return tables
 
 
-def _targets_owned(parts, mark):
-    return "-j" in parts and parts.index("-j") + 1 < len(parts) and parts[parts.index("-j") + 1].startswith(mark)
+def _is_owned(chain, prefix, others=()):
+    """Whether ``chain`` is one of ``prefix``'s: not of an owned table named ``prefix_...`` in ``others``."""
+    return chain.startswith(prefix + "_") and not any(chain.startswith(o + "_") for o in others)
 
 
-def owned_lines(prefix, saved):
-    """The ``iptables-save`` lines of the owned chains and the jumps into them."""
-    mark = prefix + "_"
+def _target(parts):
+    return parts[parts.index("-j") + 1] if "-j" in parts and parts.index("-j") + 1 < len(parts) else ""
+
+
+def owned_lines(prefix, saved, others=()):
+    """The ``iptables-save`` lines of the owned chains and the jumps into them.
+
+    ``others``: the other owned tables, whose chains may start with ``prefix_``
+    too (``higgs_vpn_dns_forward`` is not a chain of ``higgs_vpn``).
+    """
+    def mine(chain):
+        return _is_owned(chain, prefix, others)
+
     keep = []
     for table in sorted(saved):
         for line in saved[table]:
             parts = line.split()
-            if parts[0].startswith(":" + mark):
+            if parts[0].startswith(":") and mine(parts[0][1:]):
                 keep.append("%s %s" % (table, _IPT_COUNTS_RE.sub("", line).strip()))
-            elif parts[0] == "-A" and (parts[1].startswith(mark) or _targets_owned(parts, mark)):
+            elif parts[0] == "-A" and (mine(parts[1]) or mine(_target(parts))):
                 keep.append("%s %s" % (table, line))
     return "\n".join(keep) + ("\n" if keep else "")
 
@@ -145,18 +193,20 @@ def missing_jumps(prefix, saved):
     }
 
 
-def removal_text(prefix, saved):
-    """Restore text deleting the jumps into, and the owned chains themselves."""
-    mark = prefix + "_"
+def removal_text(prefix, saved, others=()):
+    """Restore text deleting the jumps into, and the owned chains themselves (not those of ``others``)."""
+    def mine(chain):
+        return _is_owned(chain, prefix, others)
+
     out = []
     for table in sorted(saved):
-        owned = [line.split()[0][1:] for line in saved[table] if line.startswith(":" + mark)]
+        owned = [line.split()[0][1:] for line in saved[table] if line.startswith(":") and mine(line.split()[0][1:])]
         if not owned:
             continue
         out.append("*%s" % table)
         for line in saved[table]:
             parts = line.split()
-            if parts[0] == "-A" and not parts[1].startswith(mark) and _targets_owned(parts, mark):
+            if parts[0] == "-A" and not mine(parts[1]) and mine(_target(parts)):
                 out.append("-D " + " ".join(parts[1:]))
         out += ["-F %s" % c for c in owned] + ["-X %s" % c for c in owned] + ["COMMIT"]
     return "\n".join(out) + "\n" if out else ""
@@ -206,6 +256,23 @@ def read_file(path):
         return None
 
 
+def persist_paths(backend, name, persist_dir):
+    """{ruleset key: persisted file} of the owned objects ``name`` of ``backend``."""
+    if backend == "nftables":
+        return {"nftables": os.path.join(persist_dir, name + ".nft")}
+    return {"ipv%d" % v: os.path.join(persist_dir, "%s.ipv%d.rules" % (name, v)) for v in IPT_BINS}
+
+
+def other_tables(name, persist_dir):
+    """The other owned tables whose name starts with ``name_`` (persisted, or restored at boot)."""
+    try:
+        persisted_names = {entry.split(".")[0] for entry in os.listdir(persist_dir)}
+    except FileNotFoundError:
+        persisted_names = set()
+    known = persisted_names.union(*(enabled_tables(b) for b in BACKENDS))
+    return sorted(t for t in known if t.startswith(name + "_"))
+
+
 def write_file(module, path, text, mode=0o600, dir_mode=0o700):
     directory = os.path.dirname(path)
     if not os.path.isdir(directory):
@@ -224,7 +291,7 @@ class Nftables:
         self.module = module
         self.name = name
         self.nft = module.get_bin_path("nft", required=required)
-        self.paths = {"nftables": os.path.join(persist_dir, name + ".nft")}
+        self.paths = persist_paths("nftables", name, persist_dir)
 
     def live(self):
         if self.nft is None:
@@ -259,8 +326,9 @@ class Iptables:
         self.bins = {v: [module.get_bin_path(b, required=required) for b in bins]
                      for v, bins in IPT_BINS.items()}
         self.nft = module.get_bin_path("nft")
-        self.paths = {"ipv%d" % v: os.path.join(persist_dir, "%s.ipv%d.rules" % (name, v)) for v in IPT_BINS}
+        self.paths = persist_paths("iptables", name, persist_dir)
         self.created_path = os.path.join(persist_dir, "%s.created-chains" % name)
+        self.others = other_tables(name, persist_dir)
 
     def saved(self, ver):
         tables = {}
@@ -274,7 +342,7 @@ class Iptables:
             return {}
         result = {}
         for ver in IPT_BINS:
-            owned = owned_lines(self.name, self.saved(ver))
+            owned = owned_lines(self.name, self.saved(ver), self.others)
             if owned:
                 result["ipv%d" % ver] = owned
         return result
@@ -305,7 +373,7 @@ class Iptables:
     def remove(self):
         if None not in self.bins[4] + self.bins[6]:
             for ver in IPT_BINS:
-                text = removal_text(self.name, self.saved(ver))
+                text = removal_text(self.name, self.saved(ver), self.others)
                 if text:
                     run(self.module, [self.bins[ver][2], "-w", "--noflush"], data=text)
         for fam, table, chain in self.created(3):
@@ -325,6 +393,145 @@ class Iptables:
 def for_jumps(rendered_by_family, name):
     """Persisted iptables bodies carry every jump: the boot unit deletes them first."""
     return {key: add_jumps(text, name, set(JUMPS)) for key, text in rendered_by_family.items()}
+
+
+# ---------------------------------------------------------------------------
+# Boot restore
+# ---------------------------------------------------------------------------
+
+_TEMPLATE = """\
+# Managed by higgs.vpn (module_utils/_owned.py), shared by every owned firewall
+# table of the %(backend)s backend: restores the table %%i before any network
+# interface, so that forwarding never runs without its firewall. The files it
+# loads and its order are in the instance's drop-in %(dropin)s.
+# Removed with the last owned table.
+[Unit]
+Description=higgs.vpn owned firewall %%i (%(backend)s)
+DefaultDependencies=no
+Wants=network-pre.target
+Before=network-pre.target shutdown.target
+Conflicts=shutdown.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+%(pre)s
+[Install]
+WantedBy=sysinit.target
+"""
+
+
+def instance(backend, name):
+    return TEMPLATES[backend].replace("@", "@" + name)
+
+
+def template_text(backend):
+    """The template unit of ``backend``: the same for every table and persist directory."""
+    pre = ""
+    if backend == "iptables":
+        # the jumps are deleted first, so that a restart never duplicates them
+        pre = "".join(
+            "ExecStartPre=-/usr/sbin/%s -w%s -D %s -j %%i_%s\n"
+            % (binary, "" if table == "filter" else " -t " + table, builtin, suffix)
+            for binary in ("iptables", "ip6tables") for table, builtin, suffix in JUMPS)
+    return _TEMPLATE % dict(backend=backend, dropin=DROPIN, pre=pre)
+
+
+def dropin_text(backend, paths, after):
+    """The instance drop-in: the persisted files to load, and the tables restored before."""
+    lines = ["# Managed by higgs.vpn (module_utils/_owned.py).", "[Unit]",
+             "ConditionPathExists=%s" % sorted(paths.values())[0]]
+    if after:
+        # iptables jumps are inserted first: a table restored later is matched earlier
+        lines.append("After=%s" % " ".join(instance(b, t) for t in after for b in BACKENDS))
+    lines += ["", "[Service]"]
+    if backend == "nftables":
+        lines.append("ExecStart=/usr/sbin/nft -f %s" % paths["nftables"])
+    else:
+        lines += ["ExecStart=/usr/sbin/%s -w --noflush %s" % (IPT_BINS[v][2], paths["ipv%d" % v]) for v in IPT_BINS]
+    return "\n".join(lines) + "\n"
+
+
+def boot_paths(backend, name):
+    """(template, drop-in, wants link) paths of the boot restore of table ``name``."""
+    unit = instance(backend, name)
+    return (os.path.join(UNIT_DIR, TEMPLATES[backend]), os.path.join(UNIT_DIR, unit + ".d", DROPIN),
+            os.path.join(UNIT_DIR, WANTS, unit))
+
+
+def enabled_tables(backend):
+    """The owned tables whose boot restore of ``backend`` is enabled."""
+    head, _at, tail = TEMPLATES[backend].partition("@")
+    try:
+        entries = os.listdir(os.path.join(UNIT_DIR, WANTS))
+    except FileNotFoundError:
+        return []
+    return sorted(e[len(head) + 1:-len(tail)] for e in entries
+                  if e.startswith(head + "@") and e.endswith(tail) and e != TEMPLATES[backend])
+
+
+def _systemctl(module, *args):
+    """Run systemctl when systemd runs on the host (not in a chroot or an image build)."""
+    systemctl = module.get_bin_path("systemctl")
+    if systemctl and os.path.isdir("/run/systemd/system"):
+        module.run_command([systemctl, *args])
+
+
+def boot_sync(module, backend, name, paths, after, state):
+    """Enable (or remove) the boot restore of table ``name``; True when anything changed."""
+    template, dropin, link = boot_paths(backend, name)
+    if state == "absent":
+        others = [t for t in enabled_tables(backend) if t != name]
+        stale = [p for p in (dropin, link) if os.path.lexists(p)]
+        if not others and os.path.exists(template):
+            stale.append(template)
+        if stale and not module.check_mode:
+            if os.path.lexists(link):
+                _systemctl(module, "stop", os.path.basename(link))
+            for path in stale:
+                os.unlink(path)
+            if os.path.isdir(os.path.dirname(dropin)) and not os.listdir(os.path.dirname(dropin)):
+                os.rmdir(os.path.dirname(dropin))
+            _systemctl(module, "daemon-reload")
+        return bool(stale)
+    texts = {template: template_text(backend), dropin: dropin_text(backend, paths, after)}
+    stale = [p for p, text in texts.items() if read_file(p) != text]
+    relink = not os.path.islink(link) or os.readlink(link) != template
+    if module.check_mode:
+        return bool(stale) or relink
+    for path in stale:
+        write_file(module, path, texts[path], mode=0o644, dir_mode=0o755)
+    if relink:
+        if os.path.lexists(link):
+            os.unlink(link)
+        if not os.path.isdir(os.path.dirname(link)):
+            os.makedirs(os.path.dirname(link), mode=0o755)
+        os.symlink(template, link)
+    if stale:
+        _systemctl(module, "daemon-reload")
+    return bool(stale) or relink
+
+
+def run_module(argument_spec, validate, render, what):
+    """The whole run of an owned-firewall module: validate, render, sync, boot restore.
+
+    ``validate(params)`` lists the problems, ``render(params)`` returns the
+    ruleset per persisted file; ``what`` names the policy in the error message.
+    Returns (module, result) for the module to add its own fields and exit.
+    """
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    params = module.params
+    errors = common_errors(params) + validate(params)
+    if errors:
+        module.fail_json(msg="invalid %s: %s" % (what, "; ".join(errors)), errors=errors)
+    rendered = render(params) if params["state"] == "present" else None
+    result = sync(module, params["backend"], params["table"], params["persist_dir"], rendered, params["state"])
+    paths = persist_paths(params["backend"], params["table"], params["persist_dir"])
+    if boot_sync(module, params["backend"], params["table"], paths, params["restore_after"], params["state"]):
+        result["changed"] = True
+    if rendered is not None:
+        result["ruleset"] = rendered
+    return module, result
 
 
 def sync(module, backend, name, persist_dir, rendered=None, state="present"):

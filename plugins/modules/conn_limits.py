@@ -116,10 +116,7 @@ import hashlib
 import ipaddress
 import json
 
-from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.higgs.vpn.plugins.module_utils import _owned
-from ansible_collections.higgs.vpn.plugins.module_utils._net import ifname_error
 
 CLIENT_OPTIONS = dict(
     name=dict(type="str", required=True),
@@ -145,17 +142,8 @@ SET_SIZE = 65535
 def validate(params):
     """Every problem with the parameters, each naming its option."""
     errors = []
-    why = _owned.name_error(params["table"])
-    if why:
-        errors.append("table %r: %s" % (params["table"], why))
     if params["state"] == "absent":
         return errors
-    if not params["tunnel_interfaces"]:
-        errors.append("tunnel_interfaces: list at least one interface")
-    for name in params["tunnel_interfaces"]:
-        why = ifname_error(name)
-        if why:
-            errors.append("tunnel_interfaces: %r %s" % (name, why))
     for option in ("max_connections", "new_connections_per_second"):
         if params[option] < 0:
             errors.append("%s: %d is negative; use 0 for no limit" % (option, params[option]))
@@ -291,17 +279,9 @@ def render(params):
 
 
 def main():
-    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
-    params = module.params
-    errors = validate(params)
-    if errors:
-        module.fail_json(msg="; ".join(errors), errors=errors)
-    rendered = render(params) if params["state"] == "present" else None
-    result = _owned.sync(module, params["backend"], params["table"], params["persist_dir"],
-                         rendered, params["state"])
-    if rendered is not None:
-        result["ruleset"] = rendered
-        result["groups"] = {name: list(value) for name, value in groups_of(params)[0].items()}
+    module, result = _owned.run_module(ARGUMENT_SPEC, validate, render, "connection limits")
+    if "ruleset" in result:
+        result["groups"] = {name: list(value) for name, value in groups_of(module.params)[0].items()}
     module.exit_json(**result)
 
 

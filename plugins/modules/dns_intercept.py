@@ -98,10 +98,7 @@ persisted:
 
 import ipaddress
 
-from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.higgs.vpn.plugins.module_utils import _owned
-from ansible_collections.higgs.vpn.plugins.module_utils._net import ifname_error
 
 ARGUMENT_SPEC = dict(
     **_owned.ARGUMENT_SPEC,
@@ -119,17 +116,8 @@ FAMILIES = {4: ("ipv4", "ip"), 6: ("ipv6", "ip6")}
 def validate(params):
     """Every problem with the parameters, each naming its option."""
     errors = []
-    why = _owned.name_error(params["table"])
-    if why:
-        errors.append("table %r: %s" % (params["table"], why))
     if params["state"] == "absent":
         return errors
-    if not params["tunnel_interfaces"]:
-        errors.append("tunnel_interfaces: list at least one interface")
-    for name in params["tunnel_interfaces"]:
-        why = ifname_error(name)
-        if why:
-            errors.append("tunnel_interfaces: %r %s" % (name, why))
     for value in params["resolver_addresses"]:
         try:
             ipaddress.ip_address(str(value))
@@ -229,16 +217,7 @@ def render(params):
 
 
 def main():
-    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
-    params = module.params
-    errors = validate(params)
-    if errors:
-        module.fail_json(msg="invalid DNS interception: " + "; ".join(errors), errors=errors)
-    rendered = render(params) if params["state"] == "present" else None
-    result = _owned.sync(module, params["backend"], params["table"], params["persist_dir"],
-                         rendered, params["state"])
-    if rendered is not None:
-        result["ruleset"] = rendered
+    module, result = _owned.run_module(ARGUMENT_SPEC, validate, render, "DNS interception")
     module.exit_json(**result)
 
 

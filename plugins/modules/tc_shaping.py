@@ -24,6 +24,8 @@ description:
   - The full batch is persisted under O(persist_dir) for the boot unit
     C(higgs-vpn-shaping@<interface>.service), which rebuilds the shaping whenever the
     tunnel interface is re-created.
+  - Next to the batch, C(<interface>.clients.json) records each client's class, addresses
+    and filters (preference, protocol and hash table on each device) for the metrics collector.
   - The persisted files are world-readable (0644 in a 0755 directory; they hold client names
     and classes, nothing secret) so that the unprivileged metrics collector can read them;
     other modes are corrected.
@@ -167,7 +169,7 @@ persisted:
   returned: always
   type: list
   elements: str
-  sample: [/etc/higgs-vpn/shaping/wg0.tc, /etc/higgs-vpn/shaping/wg0.env]
+  sample: [/etc/higgs-vpn/shaping/wg0.clients.json, /etc/higgs-vpn/shaping/wg0.env, /etc/higgs-vpn/shaping/wg0.tc]
 """
 
 import json
@@ -210,6 +212,9 @@ ANY_RC = tuple(range(256))
 # unprivileged metrics collector.
 PERSIST_MODE = 0o644
 PERSIST_DIR_MODE = 0o755
+# <interface><SIDECAR>: JSON {interface, ifb, clients: [{name, classid, addresses,
+# filters: {device: [{pref, protocol, ht}]}}]}
+SIDECAR = ".clients.json"
 
 
 def ifb_name(params):
@@ -325,14 +330,28 @@ def _mode(path):
         return None
 
 
+def sidecar(params, devices, clients):
+    """What the metrics collector reads: each client's class, addresses and filters, per device."""
+    record = dict(interface=params["interface"], ifb=ifb_name(params), clients=[])
+    for client in clients:
+        classid = "1:%x" % client["minor"]
+        filters = {dev.name: sorted(({"pref": f.pref, "protocol": _tc.PROTO.get(f.ver, "all"), "ht": f.where}
+                                     for f in dev.filters.values() if f.flowid == classid),
+                                    key=lambda f: (f["pref"], f["ht"]))
+                   for dev in devices}
+        record["clients"].append(dict(name=client["name"], classid=classid,
+                                      addresses=[str(n) for n in client["networks"]], filters=filters))
+    return json.dumps(record, indent=1, sort_keys=True) + "\n"
+
+
 def persisted_texts(params, devices, clients):
     batch = [line for dev in reversed(devices) for line in _tc.full_batch(dev)]
-    # the class of each client, for readers of the file (the metrics collector)
-    names = ["# client %s 1:%x" % (c["name"].replace("\n", " "), c["minor"]) for c in clients]
     return {
         ".tc": "# higgs.vpn shaping of %s, rebuilt by higgs-vpn-shaping@%s.service\n%s\n"
-               % (params["interface"], params["interface"], "\n".join(names + batch)),
+               % (params["interface"], params["interface"], "\n".join(batch)),
         ".env": "IFB=%s\n" % ifb_name(params),
+        # the machine-readable record of the clients (the metrics collector reads it)
+        SIDECAR: sidecar(params, devices, clients),
     }
 
 
@@ -407,7 +426,7 @@ def absent(module, host, result):
         before = []
     ifb_link = host.link(ifb)
     drop_ifb = ifb_link is not None and (ifb_link.get("linkinfo") or {}).get("info_kind", "ifb") == "ifb"
-    paths = [os.path.join(params["persist_dir"], iface + s) for s in (".tc", ".env")]
+    paths = [os.path.join(params["persist_dir"], iface + s) for s in (".tc", ".env", SIDECAR)]
     files = [p for p in paths if os.path.exists(p)]
     result.update(commands=commands, persisted=paths, changed=bool(commands or drop_ifb or files))
     if module._diff:

@@ -12,9 +12,9 @@ collector requires):
   The interface line of the dump carries the private key: it is skipped,
   never stored or printed.
 * Shaping (``tc -s class show``): per htb class sent bytes / packets, drops,
-  overlimits and backlog, on the devices the traffic_shaping role persisted
-  (``<dir>/<if>.tc`` and its ifb device in ``<if>.env``), labelled with the
-  client of each class (``# client <name> <classid>`` lines of the batch).
+  overlimits and backlog, on the devices the tc_shaping module recorded in
+  its JSON sidecar ``<dir>/<if>.clients.json`` (the interface, its ifb device
+  and each client's class), labelled with the client of each class.
 * Firewall: packets / bytes of the counted rules of the collection's owned
   nftables tables and iptables chains, summed per table, chain and verdict.
 * Optionally the relay connector's own /metrics, appended as they are.
@@ -161,7 +161,6 @@ CLASS_RE = re.compile(
     r"\s*Sent (?P<bytes>\d+) bytes (?P<pkts>\d+) pkt \(dropped (?P<drops>\d+), overlimits (?P<over>\d+)"
     r"[^\n]*\n\s*backlog \S+ (?P<backlog>\d+)p",
     re.MULTILINE)
-CLIENT_RE = re.compile(r"^# client (?P<name>.+) (?P<id>[0-9a-f]+:[0-9a-f]+)$", re.MULTILINE)
 
 
 def parse_classes(text: str) -> list[dict]:
@@ -171,21 +170,19 @@ def parse_classes(text: str) -> list[dict]:
             for m in CLASS_RE.finditer(text)]
 
 
+SIDECAR = ".clients.json"
+
+
 def shaped_devices(directory: Path) -> list[tuple[str, str, str, dict]]:
-    """(interface, device, direction, {classid: client}) of every persisted shaping."""
+    """(interface, device, direction, {classid: client}) of every shaping the sidecars record."""
     out = []
-    for batch in sorted(directory.glob("*.tc")):
-        iface = batch.stem
-        clients = {m["id"]: m["name"] for m in CLIENT_RE.finditer(batch.read_text())}
-        env = batch.with_suffix(".env")
-        ifb = ""
-        if env.exists():
-            for line in env.read_text().splitlines():
-                if line.startswith("IFB="):
-                    ifb = line[4:].strip()
+    for path in sorted(directory.glob("*" + SIDECAR)):
+        record = json.loads(path.read_text())
+        iface = record["interface"]
+        clients = {c["classid"]: c["name"] for c in record["clients"]}
         out.append((iface, iface, "down", clients))
-        if ifb:
-            out.append((iface, ifb, "up", clients))
+        if record.get("ifb"):
+            out.append((iface, record["ifb"], "up", clients))
     return out
 
 

@@ -3,11 +3,15 @@ writes a valid Prometheus textfile without the private key."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 
 import higgs_vpn_metrics as m
 import pytest
+
+from ansible_collections.higgs.vpn.plugins.module_utils import _tc
+from ansible_collections.higgs.vpn.plugins.modules import tc_shaping
 
 PRIVATE = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk="
 ALICE = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
@@ -112,6 +116,37 @@ def test_escape_label_values():
     assert m.escape('a"b\\c\nd') == 'a\\"b\\\\c\\nd'
 
 
+ALICE_SHAPED = {"name": "alice", "minor": 0x10, "down": None, "up": None,
+                "networks": [ipaddress.ip_network("10.66.0.2/32"), ipaddress.ip_network("fd66::2/128")]}
+
+
+def tc_plan():
+    return _tc.plan({"interface": "wg0", "ifb": "ifb-wg0", "cap_down": None, "cap_up": None,
+                     "interactive_rate": None, "leaf_qdisc": "fq_codel", "clients": [ALICE_SHAPED]})
+
+
+def test_sidecar_records_each_client_and_the_batch_names_none():
+    params = {"interface": "wg0", "ifb_interface": ""}
+    texts = tc_shaping.persisted_texts(params, tc_plan(), [ALICE_SHAPED])
+    record = json.loads(texts[tc_shaping.SIDECAR])
+    assert record["interface"] == "wg0" and record["ifb"] == "ifb-wg0"
+    (alice,) = record["clients"]
+    assert (alice["name"], alice["classid"], alice["addresses"]) == ("alice", "1:10", ["10.66.0.2/32", "fd66::2/128"])
+    # one host filter per family and device, in the second-level hash table of its address
+    assert {dev: [(f["protocol"], f["ht"]) for f in flts] for dev, flts in alice["filters"].items()} == {
+        "wg0": [("ip", "100:2"), ("ipv6", "200:2")], "ifb-wg0": [("ip", "100:2"), ("ipv6", "200:2")]}
+    assert "alice" not in texts[".tc"]
+
+
+def test_shaping_classes_are_named_from_the_sidecar_only(tmp_path):
+    (tmp_path / "wg0.tc").write_text("# client mallory 1:10\n")
+    assert m.shaped_devices(tmp_path) == []
+    (tmp_path / "wg0.clients.json").write_text(
+        tc_shaping.sidecar({"interface": "wg0", "ifb_interface": "ifb7"}, tc_plan(), [ALICE_SHAPED]))
+    assert m.shaped_devices(tmp_path) == [("wg0", "wg0", "down", {"1:10": "alice"}),
+                                          ("wg0", "ifb7", "up", {"1:10": "alice"})]
+
+
 @pytest.fixture
 def node(tmp_path, monkeypatch):
     """A node whose commands print the samples above."""
@@ -119,9 +154,12 @@ def node(tmp_path, monkeypatch):
     (tmp_path / "wireguard" / "wg0.peers").write_text(PEERS_FILE)
     shaping = tmp_path / "shaping"
     shaping.mkdir()
-    (shaping / "wg0.tc").write_text("# higgs.vpn shaping of wg0\n# client alice 1:10\n"
+    (shaping / "wg0.tc").write_text("# higgs.vpn shaping of wg0\n# client mallory 1:10\n"
                                     "qdisc add dev wg0 root handle 1: htb\n")
     (shaping / "wg0.env").write_text("IFB=ifb-wg0\n")
+    # the sidecar as tc_shaping writes it (comments in the batch are not read)
+    (shaping / "wg0.clients.json").write_text(tc_shaping.sidecar(
+        {"interface": "wg0", "ifb_interface": ""}, tc_plan(), [ALICE_SHAPED]))
     outputs = {
         ("wg", "show", "all", "dump"): WG_DUMP,
         ("tc", "-s", "class", "show", "dev", "wg0"): TC_CLASSES,

@@ -54,6 +54,21 @@ def test_removal_deletes_only_owned_chains_and_jumps():
     assert "DOCKER-USER" not in text
 
 
+def test_a_table_named_like_another_with_a_suffix_keeps_its_chains(tmp_path, monkeypatch):
+    """higgs_vpn_dns_forward is a chain of higgs_vpn_dns, not of higgs_vpn: removing higgs_vpn leaves it."""
+    saved = _owned.split_save(SAVED_FILTER.replace(
+        "-A FORWARD -j DOCKER-USER", "-A FORWARD -j DOCKER-USER\n-A FORWARD -j higgs_vpn_dns_forward").replace(
+        ":higgs_vpn_input - [0:0]", ":higgs_vpn_input - [0:0]\n:higgs_vpn_dns_forward - [0:0]"))
+    monkeypatch.setattr(_owned, "UNIT_DIR", str(tmp_path / "units"))
+    (tmp_path / "fw").mkdir()
+    (tmp_path / "fw" / "higgs_vpn_dns.ipv4.rules").write_text("")
+    others = _owned.other_tables("higgs_vpn", str(tmp_path / "fw"))
+    assert others == ["higgs_vpn_dns"]
+    for text in (_owned.removal_text("higgs_vpn", saved, others), _owned.owned_lines("higgs_vpn", saved, others)):
+        assert "higgs_vpn_forward" in text and "higgs_vpn_dns" not in text
+    assert "-X higgs_vpn_dns_forward" in _owned.removal_text("higgs_vpn_dns", saved, [])
+
+
 def test_persisted_round_trip_and_unreadable_files():
     text = _owned.persisted("body\n", "live")
     assert _owned.parse_persisted(text) == (_owned.fingerprint("live"), "body\n")
@@ -170,3 +185,68 @@ def test_absent_removes_table_file_and_empty_dir(tmp_path):
     assert sync(kernel, tmp_path, None, "absent")["changed"] is True
     assert kernel.listing is None and not (tmp_path / "fw").exists()
     assert sync(kernel, tmp_path, None, "absent")["changed"] is False
+
+
+# --- boot restore: one template per backend, one instance per table ---------------
+
+
+def boot(tmp_path, monkeypatch, name, state="present", backend="nftables", after=(), check_mode=False):
+    monkeypatch.setattr(_owned, "UNIT_DIR", str(tmp_path / "units"))
+    module = FakeModule(Kernel(), check_mode)
+    module.get_bin_path = lambda binary, required=False: None  # no systemctl: nothing runs
+    paths = _owned.persist_paths(backend, name, "/etc/higgs-vpn/firewall")
+    return _owned.boot_sync(module, backend, name, paths, list(after), state)
+
+
+def units(tmp_path):
+    root = tmp_path / "units"
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if not p.is_dir()) if root.exists() else []
+
+
+def test_boot_restore_of_one_table_survives_removal_of_another(tmp_path, monkeypatch):
+    assert boot(tmp_path, monkeypatch, "higgs_vpn") is True
+    assert boot(tmp_path, monkeypatch, "higgs_vpn_dns", after=["higgs_vpn"]) is True
+    assert boot(tmp_path, monkeypatch, "higgs_vpn_dns", after=["higgs_vpn"]) is False
+    assert _owned.enabled_tables("nftables") == ["higgs_vpn", "higgs_vpn_dns"]
+
+    assert boot(tmp_path, monkeypatch, "higgs_vpn", "absent") is True
+    assert units(tmp_path) == ["higgs-vpn-nft@.service", "higgs-vpn-nft@higgs_vpn_dns.service.d/higgs-vpn.conf",
+                               "sysinit.target.wants/higgs-vpn-nft@higgs_vpn_dns.service"]
+    link = tmp_path / "units/sysinit.target.wants/higgs-vpn-nft@higgs_vpn_dns.service"
+    assert link.resolve() == (tmp_path / "units/higgs-vpn-nft@.service").resolve() and link.exists()
+
+    assert boot(tmp_path, monkeypatch, "higgs_vpn_dns", "absent") is True
+    assert units(tmp_path) == []
+    assert boot(tmp_path, monkeypatch, "higgs_vpn_dns", "absent") is False
+
+
+def test_boot_restore_check_mode_predicts_without_writing(tmp_path, monkeypatch):
+    assert boot(tmp_path, monkeypatch, "higgs_vpn", check_mode=True) is True
+    assert units(tmp_path) == []
+    boot(tmp_path, monkeypatch, "higgs_vpn")
+    assert boot(tmp_path, monkeypatch, "higgs_vpn", "absent", check_mode=True) is True
+    assert len(units(tmp_path)) == 3
+
+
+def test_boot_units_name_the_files_and_the_order():
+    for backend in _owned.BACKENDS:
+        template = _owned.template_text(backend)
+        assert "/etc/higgs-vpn" not in template and "WantedBy=sysinit.target" in template
+    assert "ExecStartPre=-/usr/sbin/ip6tables -w -t nat -D POSTROUTING -j %i_postrouting" in \
+        _owned.template_text("iptables")
+    paths = _owned.persist_paths("iptables", "higgs_vpn_dns", "/srv/fw")
+    dropin = _owned.dropin_text("iptables", paths, ["higgs_vpn"])
+    assert "ConditionPathExists=/srv/fw/higgs_vpn_dns.ipv4.rules" in dropin
+    assert "ExecStart=/usr/sbin/ip6tables-restore -w --noflush /srv/fw/higgs_vpn_dns.ipv6.rules" in dropin
+    assert "After=higgs-vpn-nft@higgs_vpn.service higgs-vpn-iptables@higgs_vpn.service" in dropin
+
+
+@pytest.mark.parametrize("values, expected", [
+    ({"restore_after": ["Higgs"]}, "restore_after 'Higgs'"),
+    ({"restore_after": ["t"]}, "restore_after: lists the table 't' itself"),
+    ({"tunnel_interfaces": []}, "tunnel_interfaces: list at least one interface"),
+    ({"tunnel_interfaces": ["wg0;reboot"]}, "tunnel_interfaces: 'wg0;reboot'"),
+])
+def test_shared_options_are_checked_naming_the_option(values, expected):
+    params = dict(dict(table="t", state="present", tunnel_interfaces=["wg0"], restore_after=[]), **values)
+    assert any(expected in e for e in _owned.common_errors(params)), _owned.common_errors(params)

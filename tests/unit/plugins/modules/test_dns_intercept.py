@@ -2,47 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-import yaml
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.testing import patch_module_args
+from owned_cases import case_tests
 
-from ansible_collections.higgs.vpn.plugins.doc_fragments.owned_firewall import ModuleDocFragment
 from ansible_collections.higgs.vpn.plugins.module_utils import _owned
 from ansible_collections.higgs.vpn.plugins.modules import dns_intercept
 
-CASES = yaml.safe_load((Path(__file__).parent / "dns_intercept_cases.yml").read_text())
 NFT = "/usr/sbin/nft"
-
-
-def params(overrides):
-    merged = dict(CASES["base"])
-    merged.update(overrides)
-    return merged
-
-
-@pytest.mark.parametrize("case", CASES["invalid"], ids=lambda c: c["name"])
-def test_invalid_input_names_the_option(case):
-    errors = dns_intercept.validate(params(case["params"]))
-    for expected in case["errors"]:
-        assert any(expected in error for error in errors), errors
-
-
-@pytest.mark.parametrize("case", CASES["valid"], ids=lambda c: c["name"])
-def test_valid_input(case):
-    assert dns_intercept.validate(params(case["params"])) == []
-
-
-@pytest.mark.parametrize("case", CASES["render"], ids=lambda c: c["name"])
-def test_render(case):
-    rendered = dns_intercept.render(params(dict(case["params"], backend=case["backend"])))
-    text = rendered[case.get("family", "nftables")]
-    for fragment in case["contains"]:
-        assert fragment in text, text
-    for fragment in case.get("absent", []):
-        assert fragment not in text, text
+(params, validate, test_invalid_input_names_the_option, test_valid_input, test_render,
+ test_documented_options_match_the_argument_spec, test_examples_validate) = case_tests(dns_intercept, "dns_intercept")
 
 
 def test_render_is_deterministic_whatever_the_input_order():
@@ -88,7 +58,9 @@ def run_module(monkeypatch, tmp_path, args, live, check_mode=False):
     def fail_json(self, msg, **kwargs):
         raise ModuleFail(dict(kwargs, msg=msg))
 
-    monkeypatch.setattr(AnsibleModule, "get_bin_path", lambda self, arg, required=False, opt_dirs=None: NFT)
+    monkeypatch.setattr(AnsibleModule, "get_bin_path",
+                        lambda self, arg, required=False, opt_dirs=None: NFT if arg == "nft" else None)
+    monkeypatch.setattr(_owned, "UNIT_DIR", str(tmp_path / "units"))
     monkeypatch.setattr(AnsibleModule, "run_command", run_command)
     monkeypatch.setattr(AnsibleModule, "exit_json", exit_json)
     monkeypatch.setattr(AnsibleModule, "fail_json", fail_json)
@@ -112,6 +84,7 @@ def test_apply_then_nothing_to_do_then_remove(monkeypatch, tmp_path):
     assert "dnat ip to 10.66.0.1" in result["diff"]["after"]
     stored = (tmp_path / "fw" / "higgs_vpn_dns.nft").read_text()
     assert stored.startswith(_owned.FINGERPRINT_PREFIX + _owned.fingerprint("applied\n"))
+    assert (tmp_path / "units/sysinit.target.wants/higgs-vpn-nft@higgs_vpn_dns.service").exists()
 
     outcome, ran = run_module(monkeypatch, tmp_path, args, live)
     assert not outcome.args[0]["changed"] and ["-f", "-"] not in ran
@@ -123,6 +96,7 @@ def test_apply_then_nothing_to_do_then_remove(monkeypatch, tmp_path):
     outcome, ran = run_module(monkeypatch, tmp_path, {"state": "absent"}, live)
     assert outcome.args[0]["changed"] and ["delete", "table", "inet", "higgs_vpn_dns"] in ran
     assert live[0] is None and not (tmp_path / "fw").exists()
+    assert not [p for p in (tmp_path / "units").rglob("*") if not p.is_dir()], "the boot restore goes too"
 
 
 def test_bad_input_fails_before_any_command(monkeypatch, tmp_path):
@@ -130,25 +104,3 @@ def test_bad_input_fails_before_any_command(monkeypatch, tmp_path):
     assert isinstance(outcome, ModuleFail)
     assert "resolver_addresses: '203.0.113.300'" in outcome.args[0]["msg"]
     assert ran == []
-
-
-# --- documentation ---------------------------------------------------------------
-
-
-def test_documented_options_match_the_argument_spec():
-    options = yaml.safe_load(ModuleDocFragment.DOCUMENTATION)["options"]
-    options.update(yaml.safe_load(dns_intercept.DOCUMENTATION)["options"])
-    assert set(options) == set(dns_intercept.ARGUMENT_SPEC)
-    for name, spec in dns_intercept.ARGUMENT_SPEC.items():
-        doc = options[name]
-        for key in ("type", "elements", "choices", "default"):
-            assert doc.get(key) == spec.get(key), f"{name}.{key}"
-
-
-def test_examples_validate():
-    tasks = yaml.safe_load(dns_intercept.EXAMPLES)
-    calls = [t["higgs.vpn.dns_intercept"] for t in tasks if "higgs.vpn.dns_intercept" in t]
-    assert calls
-    for call in calls:
-        assert set(call) <= set(dns_intercept.ARGUMENT_SPEC)
-        assert dns_intercept.validate(params(call)) == []
