@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.higgs.vpn.plugins.module_utils import _tc
+from ansible_collections.higgs.vpn.plugins.module_utils import _plan, _tc
 
 UNLIMITED = "unlimited"
 
@@ -47,16 +47,13 @@ def rate_errors(rates, clients=None, clients_name="clients"):
     return errors
 
 
-CLIENT_KEYS = ("name", "addresses", "rate_down", "rate_up", "max_connections", "new_connections_per_second")
-
-
 def shaping_clients(clients):
     """The clients with only the keys the shaping modules take, see shaping_clients.yml."""
     out = []
     for index, client in enumerate(clients or []):
         if not isinstance(client, dict):
             raise AnsibleFilterError("shaping_clients: item %d is not a mapping" % index)
-        out.append({key: client[key] for key in CLIENT_KEYS if key in client})
+        out.append(_plan.shaping_client(client))
     return out
 
 

@@ -118,24 +118,15 @@ import json
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.higgs.vpn.plugins.module_utils import _owned
+from ansible_collections.higgs.vpn.plugins.module_utils import _owned, _plan
 from ansible_collections.higgs.vpn.plugins.module_utils._net import ifname_error
-
-CLIENT_OPTIONS = dict(
-    name=dict(type="str", required=True),
-    addresses=dict(type="list", elements="str", required=True),
-    max_connections=dict(type="int"),
-    new_connections_per_second=dict(type="int"),
-    rate_down=dict(type="str"),
-    rate_up=dict(type="str"),
-)
 
 ARGUMENT_SPEC = dict(
     **_owned.ARGUMENT_SPEC,
     table=dict(type="str", default="higgs_vpn_conn"),
     max_connections=dict(type="int", default=0),
     new_connections_per_second=dict(type="int", default=0),
-    clients=dict(type="list", elements="dict", default=[], options=CLIENT_OPTIONS),
+    clients=dict(type="list", elements="dict", default=[], options=_plan.CLIENT_OPTIONS),
 )
 
 FAMILIES = {4: ("ip", "ipv4_addr"), 6: ("ip6", "ipv6_addr")}

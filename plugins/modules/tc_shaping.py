@@ -177,17 +177,8 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.higgs.vpn.plugins.module_utils import _owned, _tc
+from ansible_collections.higgs.vpn.plugins.module_utils import _owned, _plan, _tc
 from ansible_collections.higgs.vpn.plugins.module_utils._net import ifname_error
-
-CLIENT_OPTIONS = dict(
-    name=dict(type="str", required=True),
-    addresses=dict(type="list", elements="str", required=True),
-    rate_down=dict(type="str"),
-    rate_up=dict(type="str"),
-    max_connections=dict(type="int"),
-    new_connections_per_second=dict(type="int"),
-)
 
 ARGUMENT_SPEC = dict(
     state=dict(type="str", choices=["present", "absent"], default="present"),
@@ -197,7 +188,7 @@ ARGUMENT_SPEC = dict(
     rate_up=dict(type="str", default=""),
     client_rate_down=dict(type="str", default=""),
     client_rate_up=dict(type="str", default=""),
-    clients=dict(type="list", elements="dict", default=[], options=CLIENT_OPTIONS),
+    clients=dict(type="list", elements="dict", default=[], options=_plan.CLIENT_OPTIONS),
     interactive_rate=dict(type="str", default=""),
     leaf_qdisc=dict(type="str", choices=["fq_codel", "pfifo", "default"], default="fq_codel"),
     persist_dir=dict(type="path", default="/etc/higgs-vpn/shaping"),

@@ -8,10 +8,11 @@ import pytest
 import yaml
 
 from ansible_collections.higgs.vpn.plugins.doc_fragments.owned_firewall import ModuleDocFragment
+from ansible_collections.higgs.vpn.plugins.module_utils import _plan
 from ansible_collections.higgs.vpn.plugins.modules import conn_limits
 
 CASES = yaml.safe_load((Path(__file__).parent / "conn_limits_cases.yml").read_text())
-CLIENT_KEYS = dict.fromkeys(conn_limits.CLIENT_OPTIONS)
+CLIENT_KEYS = dict.fromkeys(_plan.CLIENT_OPTIONS)
 
 
 def params(overrides):
@@ -55,7 +56,7 @@ def test_documented_options_match_the_argument_spec():
     for name, spec in conn_limits.ARGUMENT_SPEC.items():
         for key in ("type", "elements", "choices", "default"):
             assert doc[name].get(key) == spec.get(key), f"{name}.{key}"
-    assert set(doc["clients"]["suboptions"]) == set(conn_limits.CLIENT_OPTIONS)
+    assert set(doc["clients"]["suboptions"]) == set(_plan.CLIENT_OPTIONS)
 
 
 def test_examples_validate():

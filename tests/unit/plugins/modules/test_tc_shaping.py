@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ansible_collections.higgs.vpn.plugins.module_utils import _plan
 from ansible_collections.higgs.vpn.plugins.modules import tc_shaping
 
 CASES = yaml.safe_load((Path(__file__).parent / "tc_shaping_cases.yml").read_text())
-CLIENT_KEYS = dict.fromkeys(tc_shaping.CLIENT_OPTIONS)
+CLIENT_KEYS = dict.fromkeys(_plan.CLIENT_OPTIONS)
 
 
 def params(overrides):
@@ -47,7 +48,7 @@ def test_documented_options_match_the_argument_spec():
     for name, spec in tc_shaping.ARGUMENT_SPEC.items():
         for key in ("type", "elements", "choices", "default"):
             assert doc[name].get(key) == spec.get(key), f"{name}.{key}"
-    assert set(doc["clients"]["suboptions"]) == set(tc_shaping.CLIENT_OPTIONS)
+    assert set(doc["clients"]["suboptions"]) == set(_plan.CLIENT_OPTIONS)
 
 
 def test_examples_validate():
