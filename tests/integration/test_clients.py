@@ -70,11 +70,11 @@ def clients_run(clients: list[dict], tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def tunnels():
+def tunnels(tmp_path_factory):
     """(lab-client's address, lab-psk's address) on fleet-client, with iperf3 servers on the internet."""
     for port in (5201, 5202):
-        on(INET, "pgrep -f 'iperf3 -s -p %d' || iperf3 -s -p %d -D" % (port, port))
-    on(INET, "pgrep -f 'nc -lk -p 7000' || setsid -f nc -lk -p 7000 >/dev/null 2>&1 </dev/null")
+        on(INET, "ss -Htln 'sport = :%d' | grep -q . || iperf3 -s -p %d -D" % (port, port))
+    on(INET, "ss -Htln 'sport = :7000' | grep -q . || setsid -f nc -lk -p 7000 >/dev/null 2>&1 </dev/null")
     psk = (PROFILES / "lab-psk.conf").read_text()
     conf = re.sub(r"^(DNS|Address) = .*\n", "", psk, flags=re.MULTILINE)
     conf = conf.replace("[Interface]\n", "[Interface]\nTable = off\nFwMark = 51820\nAddress = %s/32\n" % address(psk))
@@ -84,6 +84,8 @@ def tunnels():
                % address(psk))
     yield address((PROFILES / "lab-client.conf").read_text()), address(psk)
     on(CLIENT, "ip rule del priority 100; wg-quick down wgpsk", check=False)
+    # the inventory's clients back on the node, as the other fleet tests expect them
+    clients_run(CLIENTS, tmp_path_factory.mktemp("restore"))
 
 
 def test_each_client_gets_its_own_limits(tunnels):
@@ -140,4 +142,3 @@ def test_clients_playbook_changes_a_rate_and_revokes_a_client(tunnels, tmp_path)
     print("lab-client's pings during the revocation: %d sent, %d received" % (sent, received))
     # at most the one ping in flight when ping was stopped is missing
     assert sent > 20 and received >= sent - 1, log[-500:]
-    clients_run(CLIENTS, tmp_path)

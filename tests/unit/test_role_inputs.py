@@ -62,13 +62,42 @@ CASES = [
     ("relay_connector", {"relay_connector_settings": {"heartbeat_interval": 5}},
      "relay_connector_settings.heartbeat_interval"),
 ]
+# The node checks its whole input first (the plan, then every part's checks with the
+# values it hands the part): a bad value of any part is refused before any change,
+# naming the variable the operator wrote (issue 14).
+NODE_CASES = [
+    ("node", {"node_traffic_shaping": True, "traffic_shaping_client_rate_down": "30mbit",
+              "traffic_shaping_client_max_connections": -1},
+     "traffic_shaping_client_max_connections: -1 is not a count"),
+    ("node", {"node_traffic_shaping": True, "traffic_shaping_rate_down": "50mbit",
+              "node_relay_connector": True, "relay_connector_relays": ["ftp://relay.example.net"]},
+     "relay_connector_relays"),
+    ("node", {"wireguard_address_ipv4": "10.0.0.0/33"}, "wireguard_address_ipv4: '10.0.0.0/33' is not an address"),
+    ("node", {"wireguard_interface": "wg-0123456789abc"},
+     "wireguard_interface: 'wg-0123456789abc' is 16 characters long"),
+    ("node", {"wireguard_clients": [{"name": "alice", "rate_dwon": "20mbit"}]},
+     "wireguard_clients[0] (alice) has unknown keys rate_dwon"),
+    ("node", {"node_traffic_shaping": True, "wireguard_clients": [{"name": "alice", "max_connections": -4}]},
+     "wireguard_clients[0] (alice).max_connections: -4 is not a count"),
+    # a part's argument specification is checked before the first change too
+    ("node", {"node_metrics": True, "metrics_interval": "often"}, "metrics_interval"),
+]
+CASES += NODE_CASES
 # Values every case starts from, where a role needs some to pass its checks.
 BASE = {"relay_connector": {"relay_connector_relays": ["https://relay.example.net"],
                             "relay_connector_wireguard_port": 51820,
-                            "relay_connector_public_key": "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="}}
+                            "relay_connector_public_key": "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="},
+        # a node of its own parts only, whose upstream needs no CA bundle on the test machine
+        "node": {"dns_forwarder_upstream_tls": False, "dns_forwarder_upstreams": [{"address": "9.9.9.9"}],
+                 "relay_connector_public_key": "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="}}
 ACCEPTED = [
     ("relay_connector", {}),
     ("relay_connector", {"relay_connector_location": {"country": "DE", "region": "", "coordinates": None}}),
+    # per-client limits next to the client (refused as unknown keys before issue 14)
+    ("node", {"node_traffic_shaping": True,
+              "wireguard_clients": [{"name": "alice", "rate_down": "20mbit", "rate_up": "5mbit",
+                                     "max_connections": 50, "new_connections_per_second": 5},
+                                    {"name": "bob", "rate_down": "unlimited"}]}),
 ]
 
 
