@@ -11,8 +11,6 @@ from ansible.errors import AnsibleFilterError
 
 from ansible_collections.higgs.vpn.plugins.module_utils import _plan, _tc
 
-UNLIMITED = "unlimited"
-
 
 def rate_bits(value, name="rate"):
     """Bits per second of ``value``, see rate_bits.yml."""
@@ -36,14 +34,7 @@ def rate_errors(rates, clients=None, clients_name="clients"):
         if not isinstance(client, dict):
             errors.append("%s[%d]: must be a mapping with name and addresses" % (clients_name, index))
             continue
-        for key in ("rate_down", "rate_up"):
-            value = client.get(key)
-            if value in (None, "") or str(value).lower() == UNLIMITED:
-                continue
-            try:
-                _tc.parse_rate(value)
-            except ValueError as exc:
-                errors.append("%s[%d].%s (%s): %s" % (clients_name, index, key, client.get("name"), exc))
+        errors += _plan.limit_errors("%s[%d] (%s)" % (clients_name, index, client.get("name")), client)
     return errors
 
 

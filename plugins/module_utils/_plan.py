@@ -135,7 +135,8 @@ def _usable(network):
 # ---------------------------------------------------------------------------
 
 
-def _limit_errors(where, client):
+def limit_errors(where, client):
+    """Problems of the limits of one client entry (rates, connection counts), each starting with ``where``."""
     errors = []
     for key in ("rate_down", "rate_up"):
         value = client.get(key)
@@ -195,7 +196,7 @@ def client_errors(clients, node_addresses, variable="wireguard_clients"):
         keepalive = client.get("persistent_keepalive", 0)
         if isinstance(keepalive, bool) or not isinstance(keepalive, int) or not 0 <= keepalive <= 65535:
             errors.append("%s.persistent_keepalive must be a number of seconds from 0 to 65535" % where)
-        errors += _limit_errors(where, client)
+        errors += limit_errors(where, client)
         given = client.get("addresses") or []
         if isinstance(given, str):
             given = [given]

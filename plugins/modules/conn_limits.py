@@ -38,37 +38,8 @@ options:
     description: Default new connections per second per client address; V(0) means no limit.
     type: int
     default: 0
-  clients:
-    description:
-      - The clients. The same list serves M(higgs.vpn.tc_shaping), so the keys it uses
-        (O(clients[].rate_down), O(clients[].rate_up)) are accepted and ignored here.
-    type: list
-    elements: dict
-    default: []
-    suboptions:
-      name:
-        description: Unique client name.
-        type: str
-        required: true
-      addresses:
-        description: The client's tunnel addresses, e.g. V(10.66.0.2/32), V(fd66::2/128).
-        type: list
-        elements: str
-        required: true
-      max_connections:
-        description: Concurrent connections per address; unset uses O(max_connections), V(0) no limit.
-        type: int
-      new_connections_per_second:
-        description: New connections per second per address; unset uses O(new_connections_per_second),
-          V(0) no limit.
-        type: int
-      rate_down:
-        description: Used by M(higgs.vpn.tc_shaping).
-        type: str
-      rate_up:
-        description: Used by M(higgs.vpn.tc_shaping).
-        type: str
 extends_documentation_fragment:
+  - higgs.vpn.shaping_clients
   - ansible.builtin.action_common_attributes
   - higgs.vpn.owned_firewall
 notes:

@@ -74,7 +74,9 @@ def tunnels(tmp_path_factory):
     """(lab-client's address, lab-psk's address) on fleet-client, with iperf3 servers on the internet."""
     for port in (5201, 5202):
         on(INET, "ss -Htln 'sport = :%d' | grep -q . || iperf3 -s -p %d -D" % (port, port))
-    on(INET, "ss -Htln 'sport = :7000' | grep -q . || setsid -f nc -lk -p 7000 >/dev/null 2>&1 </dev/null")
+    # a listener that never accepts: the kernel completes every handshake (backlog 512)
+    on(INET, "ss -Htln 'sport = :7000' | grep -q . || setsid -f python3 -c 'import socket, time; "
+             "s = socket.create_server((\"\", 7000), backlog=512); time.sleep(86400)' >/dev/null 2>&1 </dev/null")
     psk = (PROFILES / "lab-psk.conf").read_text()
     conf = re.sub(r"^(DNS|Address) = .*\n", "", psk, flags=re.MULTILINE)
     conf = conf.replace("[Interface]\n", "[Interface]\nTable = off\nFwMark = 51820\nAddress = %s/32\n" % address(psk))

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from ansible_collections.higgs.vpn.plugins.doc_fragments.owned_firewall import ModuleDocFragment
+from ansible_collections.higgs.vpn.plugins.doc_fragments.shaping_clients import ModuleDocFragment as ClientsFragment
 from ansible_collections.higgs.vpn.plugins.module_utils import _plan
 from ansible_collections.higgs.vpn.plugins.modules import conn_limits
 
@@ -51,6 +52,7 @@ def test_chain_names_are_stable_and_safe():
 
 def test_documented_options_match_the_argument_spec():
     doc = yaml.safe_load(ModuleDocFragment.DOCUMENTATION)["options"]
+    doc.update(yaml.safe_load(ClientsFragment.DOCUMENTATION)["options"])
     doc.update(yaml.safe_load(conn_limits.DOCUMENTATION)["options"])
     assert set(doc) == set(conn_limits.ARGUMENT_SPEC)
     for name, spec in conn_limits.ARGUMENT_SPEC.items():

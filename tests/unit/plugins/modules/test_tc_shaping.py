@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ansible_collections.higgs.vpn.plugins.doc_fragments.shaping_clients import ModuleDocFragment as ClientsFragment
 from ansible_collections.higgs.vpn.plugins.module_utils import _plan
 from ansible_collections.higgs.vpn.plugins.modules import tc_shaping
 
@@ -43,7 +44,8 @@ def test_client_rates_fall_back_to_the_defaults():
 
 
 def test_documented_options_match_the_argument_spec():
-    doc = yaml.safe_load(tc_shaping.DOCUMENTATION)["options"]
+    doc = yaml.safe_load(ClientsFragment.DOCUMENTATION)["options"]
+    doc.update(yaml.safe_load(tc_shaping.DOCUMENTATION)["options"])
     assert set(doc) == set(tc_shaping.ARGUMENT_SPEC)
     for name, spec in tc_shaping.ARGUMENT_SPEC.items():
         for key in ("type", "elements", "choices", "default"):
