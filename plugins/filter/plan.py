@@ -29,8 +29,19 @@ def node_plan(inventory, previous=None):
         raise AnsibleFilterError("\n".join(exc.errors)) from None
 
 
+def without_defaults(options):
+    """Role argument spec options without their defaults (templates there would be checked untemplated)."""
+    out = {}
+    for name, given in (options or {}).items():
+        spec = {k: v for k, v in given.items() if k != "default"}
+        if "options" in spec:
+            spec["options"] = without_defaults(spec["options"])
+        out[name] = spec
+    return out
+
+
 class FilterModule:
     """higgs.vpn node plan filters."""
 
     def filters(self):
-        return {"node_plan": node_plan, "node_plan_errors": node_plan_errors}
+        return {"node_plan": node_plan, "node_plan_errors": node_plan_errors, "without_defaults": without_defaults}

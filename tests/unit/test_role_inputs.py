@@ -113,7 +113,7 @@ def preflight(tmp_path, role, values):
                           "-e", "ansible_python_interpreter=" + sys.executable, str(tmp_path / "play.yml")],
                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120, check=False)
     failed = [json.loads(line.split(" => ", 1)[1])["msg"] for line in run.stdout.splitlines()
-              if line.startswith("fatal: [localhost]: FAILED! => ")]
+              if line.startswith(("fatal: [localhost]: FAILED! => ", "failed: [localhost] (item="))]
     return run.returncode, failed, run.stdout + run.stderr
 
 

@@ -58,3 +58,8 @@ def test_plan_defaults_are_the_roles_defaults():
         merged.update(defaults_of(role))
     for name, value in _plan.DEFAULTS.items():
         assert merged[name] == value, name
+
+
+def test_argument_specs_without_defaults():
+    spec = {"a": {"type": "int", "default": "{{ x }}", "options": {"b": {"type": "str", "default": "y"}}}}
+    assert plan_filters.without_defaults(spec) == {"a": {"type": "int", "options": {"b": {"type": "str"}}}}
