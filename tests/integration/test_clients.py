@@ -32,6 +32,18 @@ CLIENTS = yaml.safe_load((ROOT / "inventory" / "lab" / "group_vars" / "nodes.yml
 RATES = {c["name"]: c for c in CLIENTS}
 
 
+HOLDER = """
+import socket, threading
+def hold(conn):
+    while conn.recv(4096):
+        pass
+    conn.close()
+server = socket.create_server(("", 7000), backlog=512)
+while True:
+    threading.Thread(target=hold, args=(server.accept()[0],), daemon=True).start()
+"""
+
+
 def mbit(port: int, source: str, reverse: bool = True) -> float:
     """Mbit/s received in a 5-second iperf3 run from ``source`` (download with ``reverse``)."""
     argv = "iperf3 --client %s --port %d --bind %s --time 5 --omit 1 --json%s" % (
@@ -74,9 +86,8 @@ def tunnels(tmp_path_factory):
     """(lab-client's address, lab-psk's address) on fleet-client, with iperf3 servers on the internet."""
     for port in (5201, 5202):
         on(INET, "ss -Htln 'sport = :%d' | grep -q . || iperf3 -s -p %d -D" % (port, port))
-    # a listener that never accepts: the kernel completes every handshake (backlog 512)
-    on(INET, "ss -Htln 'sport = :7000' | grep -q . || setsid -f python3 -c 'import socket, time; "
-             "s = socket.create_server((\"\", 7000), backlog=512); time.sleep(86400)' >/dev/null 2>&1 </dev/null")
+    # a connection holder: each connection stays open until its client closes it
+    on(INET, "ss -Htln 'sport = :7000' | grep -q . || setsid -f python3 -c '%s' >/dev/null 2>&1 </dev/null" % HOLDER)
     psk = (PROFILES / "lab-psk.conf").read_text()
     conf = re.sub(r"^(DNS|Address) = .*\n", "", psk, flags=re.MULTILINE)
     conf = conf.replace("[Interface]\n", "[Interface]\nTable = off\nFwMark = 51820\nAddress = %s/32\n" % address(psk))
@@ -107,7 +118,9 @@ def test_each_client_gets_its_own_limits(tunnels):
     for name in RATES:
         assert re.search(r'^higgs_shaping_sent_bytes_total\{[^}]*client="%s"[^}]*\} [1-9]' % name,
                          scraped, re.MULTILINE), name
-    time.sleep(10)  # the held connections end
+    deadline = time.monotonic() + 20  # the held connections end (timeout 12)
+    while on(CLIENT, "pgrep -x nc", check=False).returncode == 0 and time.monotonic() < deadline:
+        time.sleep(1)
 
 
 def test_clients_playbook_changes_a_rate_and_revokes_a_client(tunnels, tmp_path):
