@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.higgs.vpn.plugins.module_utils import _tc
-
-UNLIMITED = "unlimited"
+from ansible_collections.higgs.vpn.plugins.module_utils import _plan, _tc
 
 
 def rate_bits(value, name="rate"):
@@ -36,18 +34,8 @@ def rate_errors(rates, clients=None, clients_name="clients"):
         if not isinstance(client, dict):
             errors.append("%s[%d]: must be a mapping with name and addresses" % (clients_name, index))
             continue
-        for key in ("rate_down", "rate_up"):
-            value = client.get(key)
-            if value in (None, "") or str(value).lower() == UNLIMITED:
-                continue
-            try:
-                _tc.parse_rate(value)
-            except ValueError as exc:
-                errors.append("%s[%d].%s (%s): %s" % (clients_name, index, key, client.get("name"), exc))
+        errors += _plan.limit_errors("%s[%d] (%s)" % (clients_name, index, client.get("name")), client)
     return errors
-
-
-CLIENT_KEYS = ("name", "addresses", "rate_down", "rate_up", "max_connections", "new_connections_per_second")
 
 
 def shaping_clients(clients):
@@ -56,7 +44,7 @@ def shaping_clients(clients):
     for index, client in enumerate(clients or []):
         if not isinstance(client, dict):
             raise AnsibleFilterError("shaping_clients: item %d is not a mapping" % index)
-        out.append({key: client[key] for key in CLIENT_KEYS if key in client})
+        out.append(_plan.shaping_client(client))
     return out
 
 

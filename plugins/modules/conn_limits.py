@@ -38,37 +38,8 @@ options:
     description: Default new connections per second per client address; V(0) means no limit.
     type: int
     default: 0
-  clients:
-    description:
-      - The clients. The same list serves M(higgs.vpn.tc_shaping), so the keys it uses
-        (O(clients[].rate_down), O(clients[].rate_up)) are accepted and ignored here.
-    type: list
-    elements: dict
-    default: []
-    suboptions:
-      name:
-        description: Unique client name.
-        type: str
-        required: true
-      addresses:
-        description: The client's tunnel addresses, e.g. V(10.66.0.2/32), V(fd66::2/128).
-        type: list
-        elements: str
-        required: true
-      max_connections:
-        description: Concurrent connections per address; unset uses O(max_connections), V(0) no limit.
-        type: int
-      new_connections_per_second:
-        description: New connections per second per address; unset uses O(new_connections_per_second),
-          V(0) no limit.
-        type: int
-      rate_down:
-        description: Used by M(higgs.vpn.tc_shaping).
-        type: str
-      rate_up:
-        description: Used by M(higgs.vpn.tc_shaping).
-        type: str
 extends_documentation_fragment:
+  - higgs.vpn.shaping_clients
   - ansible.builtin.action_common_attributes
   - higgs.vpn.owned_firewall
 notes:
@@ -116,23 +87,14 @@ import hashlib
 import ipaddress
 import json
 
-from ansible_collections.higgs.vpn.plugins.module_utils import _owned
-
-CLIENT_OPTIONS = dict(
-    name=dict(type="str", required=True),
-    addresses=dict(type="list", elements="str", required=True),
-    max_connections=dict(type="int"),
-    new_connections_per_second=dict(type="int"),
-    rate_down=dict(type="str"),
-    rate_up=dict(type="str"),
-)
+from ansible_collections.higgs.vpn.plugins.module_utils import _owned, _plan
 
 ARGUMENT_SPEC = dict(
     **_owned.ARGUMENT_SPEC,
     table=dict(type="str", default="higgs_vpn_conn"),
     max_connections=dict(type="int", default=0),
     new_connections_per_second=dict(type="int", default=0),
-    clients=dict(type="list", elements="dict", default=[], options=CLIENT_OPTIONS),
+    clients=dict(type="list", elements="dict", default=[], options=_plan.CLIENT_OPTIONS),
 )
 
 FAMILIES = {4: ("ip", "ipv4_addr"), 6: ("ip6", "ipv6_addr")}

@@ -63,36 +63,6 @@ options:
     description: Upload limit of a client that sets none; empty means only the cap.
     type: str
     default: ""
-  clients:
-    description:
-      - The clients. The same list serves M(higgs.vpn.conn_limits), so the keys it uses
-        (O(clients[].max_connections), O(clients[].new_connections_per_second)) are
-        accepted and ignored here.
-    type: list
-    elements: dict
-    default: []
-    suboptions:
-      name:
-        description: Unique client name.
-        type: str
-        required: true
-      addresses:
-        description: The client's tunnel addresses, e.g. V(10.66.0.2/32), V(fd66::2/128).
-        type: list
-        elements: str
-        required: true
-      rate_down:
-        description: Download limit; empty uses O(client_rate_down), V(unlimited) only the cap.
-        type: str
-      rate_up:
-        description: Upload limit; empty uses O(client_rate_up), V(unlimited) only the cap.
-        type: str
-      max_connections:
-        description: Used by M(higgs.vpn.conn_limits).
-        type: int
-      new_connections_per_second:
-        description: Used by M(higgs.vpn.conn_limits).
-        type: int
   interactive_rate:
     description:
       - Rate of a prioritised class for interactive traffic (packets under 128 bytes and
@@ -110,6 +80,7 @@ options:
     type: path
     default: /etc/higgs-vpn/shaping
 extends_documentation_fragment:
+  - higgs.vpn.shaping_clients
   - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
@@ -179,17 +150,8 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.higgs.vpn.plugins.module_utils import _owned, _tc
+from ansible_collections.higgs.vpn.plugins.module_utils import _owned, _plan, _tc
 from ansible_collections.higgs.vpn.plugins.module_utils._net import ifname_error
-
-CLIENT_OPTIONS = dict(
-    name=dict(type="str", required=True),
-    addresses=dict(type="list", elements="str", required=True),
-    rate_down=dict(type="str"),
-    rate_up=dict(type="str"),
-    max_connections=dict(type="int"),
-    new_connections_per_second=dict(type="int"),
-)
 
 ARGUMENT_SPEC = dict(
     state=dict(type="str", choices=["present", "absent"], default="present"),
@@ -199,7 +161,7 @@ ARGUMENT_SPEC = dict(
     rate_up=dict(type="str", default=""),
     client_rate_down=dict(type="str", default=""),
     client_rate_up=dict(type="str", default=""),
-    clients=dict(type="list", elements="dict", default=[], options=CLIENT_OPTIONS),
+    clients=dict(type="list", elements="dict", default=[], options=_plan.CLIENT_OPTIONS),
     interactive_rate=dict(type="str", default=""),
     leaf_qdisc=dict(type="str", choices=["fq_codel", "pfifo", "default"], default="fq_codel"),
     persist_dir=dict(type="path", default="/etc/higgs-vpn/shaping"),

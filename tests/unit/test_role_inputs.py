@@ -75,16 +75,45 @@ CASES = [
     ("nat_traversal", {"nat_traversal_description": "x\nExecStart=/bin/sh"},
      "nat_traversal_description contains the control character"),
 ]
+# The node checks its whole input first (the plan, then every part's checks with the
+# values it hands the part): a bad value of any part is refused before any change,
+# naming the variable the operator wrote (issue 14).
+NODE_CASES = [
+    ("node", {"node_traffic_shaping": True, "traffic_shaping_client_rate_down": "30mbit",
+              "traffic_shaping_client_max_connections": -1},
+     "traffic_shaping_client_max_connections: -1 is not a count"),
+    ("node", {"node_traffic_shaping": True, "traffic_shaping_rate_down": "50mbit",
+              "node_relay_connector": True, "relay_connector_relays": ["ftp://relay.example.net"]},
+     "relay_connector_relays"),
+    ("node", {"wireguard_address_ipv4": "10.0.0.0/33"}, "wireguard_address_ipv4: '10.0.0.0/33' is not an address"),
+    ("node", {"wireguard_interface": "wg-0123456789abc"},
+     "wireguard_interface: 'wg-0123456789abc' is 16 characters long"),
+    ("node", {"wireguard_clients": [{"name": "alice", "rate_dwon": "20mbit"}]},
+     "wireguard_clients[0] (alice) has unknown keys rate_dwon"),
+    ("node", {"node_traffic_shaping": True, "wireguard_clients": [{"name": "alice", "max_connections": -4}]},
+     "wireguard_clients[0] (alice).max_connections: -4 is not a count"),
+    # a part's argument specification is checked before the first change too
+    ("node", {"node_metrics": True, "metrics_interval": "often"}, "metrics_interval"),
+]
+CASES += NODE_CASES
 # Values every case starts from, where a role needs some to pass its checks.
 BASE = {"relay_connector": {"relay_connector_relays": ["https://relay.example.net"],
                             "relay_connector_wireguard_port": 51820,
-                            "relay_connector_public_key": "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="}}
+                            "relay_connector_public_key": "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="},
+        # a node of its own parts only, whose upstream needs no CA bundle on the test machine
+        "node": {"dns_forwarder_upstream_tls": False, "dns_forwarder_upstreams": [{"address": "9.9.9.9"}],
+                 "relay_connector_public_key": "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="}}
 ACCEPTED = [
     ("nat_traversal", {}),
     ("nat_traversal", {"nat_traversal_stun_servers": ["[2001:db8::1]:3478", "10.47.1.31:3478"],
                        "nat_traversal_protocols": []}),
     ("relay_connector", {}),
     ("relay_connector", {"relay_connector_location": {"country": "DE", "region": "", "coordinates": None}}),
+    # per-client limits next to the client (refused as unknown keys before issue 14)
+    ("node", {"node_traffic_shaping": True,
+              "wireguard_clients": [{"name": "alice", "rate_down": "20mbit", "rate_up": "5mbit",
+                                     "max_connections": 50, "new_connections_per_second": 5},
+                                    {"name": "bob", "rate_down": "unlimited"}]}),
 ]
 
 
@@ -100,7 +129,7 @@ def preflight(tmp_path, role, values):
                           "-e", "ansible_python_interpreter=" + sys.executable, str(tmp_path / "play.yml")],
                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120, check=False)
     failed = [json.loads(line.split(" => ", 1)[1])["msg"] for line in run.stdout.splitlines()
-              if line.startswith("fatal: [localhost]: FAILED! => ")]
+              if line.startswith(("fatal: [localhost]: FAILED! => ", "failed: [localhost] (item="))]
     return run.returncode, failed, run.stdout + run.stderr
 
 

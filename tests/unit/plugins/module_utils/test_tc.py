@@ -119,6 +119,6 @@ def test_rate_filters_name_the_variable():
         [{"name": "a", "rate_down": "unlimited", "rate_up": "fast"}], "traffic_shaping_clients")
     assert len(problems) == 2
     assert problems[0].startswith("traffic_shaping_rate_down: '20mbps' is not a rate")
-    assert problems[1].startswith("traffic_shaping_clients[0].rate_up (a): 'fast' is not a rate")
+    assert problems[1].startswith("traffic_shaping_clients[0] (a).rate_up: 'fast' is not a rate")
     assert rates.shaping_clients([{"name": "a", "public_key": "k", "addresses": ["10.66.0.2/32"]}]) == \
         [{"name": "a", "addresses": ["10.66.0.2/32"]}]

@@ -9,19 +9,31 @@ test file, validating as the module run does (the shared options first).
 
 from __future__ import annotations
 
+from importlib import import_module
 from pathlib import Path
 
 import pytest
 import yaml
 
-from ansible_collections.higgs.vpn.plugins.doc_fragments.owned_firewall import ModuleDocFragment
 from ansible_collections.higgs.vpn.plugins.module_utils import _owned
+
+
+def documented_options(module):
+    """The options of ``module``'s DOCUMENTATION with those of the collection's fragments it extends."""
+    doc = yaml.safe_load(module.DOCUMENTATION)
+    options = {}
+    for fragment in doc.get("extends_documentation_fragment", []):
+        if fragment.startswith("higgs.vpn."):
+            found = import_module("ansible_collections.higgs.vpn.plugins.doc_fragments." + fragment.split(".")[2])
+            options.update(yaml.safe_load(found.ModuleDocFragment.DOCUMENTATION)["options"])
+    options.update(doc["options"])
+    return options
 
 
 def case_tests(module, name):
     """(params, validate, and the test functions) of the owned-firewall module ``module``."""
     cases = yaml.safe_load((Path(__file__).parent / (name + "_cases.yml")).read_text())
-    client_keys = dict.fromkeys(getattr(module, "CLIENT_OPTIONS", {}))
+    client_keys = dict.fromkeys(module.ARGUMENT_SPEC.get("clients", {}).get("options", {}))
 
     def params(overrides):
         merged = dict(cases["base"])
@@ -53,8 +65,7 @@ def case_tests(module, name):
             assert fragment not in text, text
 
     def test_documented_options_match_the_argument_spec():
-        doc = yaml.safe_load(ModuleDocFragment.DOCUMENTATION)["options"]
-        doc.update(yaml.safe_load(module.DOCUMENTATION)["options"])
+        doc = documented_options(module)
         assert set(doc) == set(module.ARGUMENT_SPEC)
         for option, spec in module.ARGUMENT_SPEC.items():
             for key in ("type", "elements", "choices", "default"):

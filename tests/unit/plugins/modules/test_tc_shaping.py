@@ -7,10 +7,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ansible_collections.higgs.vpn.plugins.doc_fragments.shaping_clients import ModuleDocFragment as ClientsFragment
+from ansible_collections.higgs.vpn.plugins.module_utils import _plan
 from ansible_collections.higgs.vpn.plugins.modules import tc_shaping
 
 CASES = yaml.safe_load((Path(__file__).parent / "tc_shaping_cases.yml").read_text())
-CLIENT_KEYS = dict.fromkeys(tc_shaping.CLIENT_OPTIONS)
+CLIENT_KEYS = dict.fromkeys(_plan.CLIENT_OPTIONS)
 
 
 def params(overrides):
@@ -42,12 +44,13 @@ def test_client_rates_fall_back_to_the_defaults():
 
 
 def test_documented_options_match_the_argument_spec():
-    doc = yaml.safe_load(tc_shaping.DOCUMENTATION)["options"]
+    doc = yaml.safe_load(ClientsFragment.DOCUMENTATION)["options"]
+    doc.update(yaml.safe_load(tc_shaping.DOCUMENTATION)["options"])
     assert set(doc) == set(tc_shaping.ARGUMENT_SPEC)
     for name, spec in tc_shaping.ARGUMENT_SPEC.items():
         for key in ("type", "elements", "choices", "default"):
             assert doc[name].get(key) == spec.get(key), f"{name}.{key}"
-    assert set(doc["clients"]["suboptions"]) == set(tc_shaping.CLIENT_OPTIONS)
+    assert set(doc["clients"]["suboptions"]) == set(_plan.CLIENT_OPTIONS)
 
 
 def test_examples_validate():
