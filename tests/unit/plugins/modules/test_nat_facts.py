@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.testing import patch_module_args
+from module_run import run_main, stop_at_exit
 
 from ansible_collections.higgs.vpn.plugins.modules import nat_facts
 
@@ -17,26 +17,13 @@ STATE = {"route": "direct", "endpoint": "11.47.0.1:51820", "nat_type": "FullCone
          "stun_mapped_address": "11.47.0.1:51820"}
 
 
-class Done(Exception):
-    pass
-
-
 @pytest.fixture(autouse=True)
 def ends(monkeypatch):
-    def exit_json(self, **kwargs):
-        raise Done(kwargs)
-
-    def fail_json(self, **kwargs):
-        raise Done(dict(kwargs, failed=True))
-
-    monkeypatch.setattr(AnsibleModule, "exit_json", exit_json)
-    monkeypatch.setattr(AnsibleModule, "fail_json", fail_json)
+    stop_at_exit(monkeypatch)
 
 
 def run(args):
-    with patch_module_args(args), pytest.raises(Done) as done:
-        nat_facts.main()
-    return done.value.args[0]
+    return run_main(nat_facts, args)
 
 
 def test_state_file_becomes_the_fact(tmp_path):

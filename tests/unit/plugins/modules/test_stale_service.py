@@ -7,13 +7,9 @@ import time
 
 import pytest
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.testing import patch_module_args
+from module_run import run_main, stop_at_exit
 
 from ansible_collections.higgs.vpn.plugins.modules import stale_service
-
-
-class Done(Exception):
-    pass
 
 
 @pytest.fixture
@@ -32,21 +28,12 @@ def systemd(monkeypatch):
     monkeypatch.setattr(AnsibleModule, "run_command", run_command)
     monkeypatch.setattr(AnsibleModule, "get_bin_path", lambda self, name, required=False: "/bin/" + name)
 
-    def exit_json(self, **kwargs):
-        raise Done(kwargs)
-
-    def fail_json(self, **kwargs):
-        raise Done(dict(kwargs, failed=True))
-
-    monkeypatch.setattr(AnsibleModule, "exit_json", exit_json)
-    monkeypatch.setattr(AnsibleModule, "fail_json", fail_json)
+    stop_at_exit(monkeypatch)
     return unit
 
 
 def run(args):
-    with patch_module_args(args), pytest.raises(Done) as done:
-        stale_service.main()
-    return done.value.args[0]
+    return run_main(stale_service, args)
 
 
 def touch(path, age):

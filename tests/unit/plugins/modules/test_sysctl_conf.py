@@ -5,14 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.testing import patch_module_args
+from module_run import run_main, stop_at_exit
 
 from ansible_collections.higgs.vpn.plugins.modules import sysctl_conf
-
-
-class Done(Exception):
-    pass
 
 
 @pytest.fixture
@@ -27,23 +22,14 @@ def proc(tmp_path, monkeypatch):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(value + "\n")
 
-    def exit_json(self, **kwargs):
-        raise Done(kwargs)
-
-    def fail_json(self, **kwargs):
-        raise Done(dict(kwargs, failed=True))
-
     monkeypatch.setattr(sysctl_conf, "proc_path", proc_path)
-    monkeypatch.setattr(AnsibleModule, "exit_json", exit_json)
-    monkeypatch.setattr(AnsibleModule, "fail_json", fail_json)
+    stop_at_exit(monkeypatch)
     setval.read = lambda key: Path(proc_path(key)).read_text().strip()
     return setval
 
 
 def run(args):
-    with patch_module_args(args), pytest.raises(Done) as done:
-        sysctl_conf.main()
-    return done.value.args[0]
+    return run_main(sysctl_conf, args)
 
 
 def test_apply_records_previous_values_and_restores_them(proc, tmp_path):

@@ -9,15 +9,11 @@ from pathlib import Path
 
 import pytest
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.testing import patch_module_args
+from module_run import run_main, stop_at_exit
 
 from ansible_collections.higgs.vpn.plugins.modules import unit_file
 
 GOOD = "# Ansible managed\n[Unit]\nDescription=test\n\n[Service]\nType=oneshot\nExecStart=/bin/true\n"
-
-
-class Done(Exception):
-    pass
 
 
 @pytest.fixture
@@ -42,23 +38,14 @@ def analyze(monkeypatch):
     monkeypatch.setattr(AnsibleModule, "run_command", run_command)
     monkeypatch.setattr(AnsibleModule, "get_bin_path", lambda self, name, required=False: "/usr/bin/" + name)
 
-    def exit_json(self, **kwargs):
-        raise Done(kwargs)
-
-    def fail_json(self, **kwargs):
-        raise Done(dict(kwargs, failed=True))
-
-    monkeypatch.setattr(AnsibleModule, "exit_json", exit_json)
-    monkeypatch.setattr(AnsibleModule, "fail_json", fail_json)
+    stop_at_exit(monkeypatch)
     state["calls"] = calls
     return state
 
 
 def run(args, check=False, diff=False):
     args = dict(args, _ansible_check_mode=check, _ansible_diff=diff)
-    with patch_module_args(args), pytest.raises(Done) as done:
-        unit_file.main()
-    return done.value.args[0]
+    return run_main(unit_file, args)
 
 
 def test_write_verified_unit_then_nothing_to_do(analyze, tmp_path):
