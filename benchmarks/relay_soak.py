@@ -2,7 +2,7 @@
 
     python3 benchmarks/relay_soak.py [--seconds 60] [--floods ping,clientid,routing,register,partial,halfsent,junk]
 
-Starts ``boson_relay.server`` on loopback with its defaults (a registration token, rate limits on),
+Starts ``higgs_relay.server`` on loopback with its defaults (a registration token, rate limits on),
 registers a node (node socket, heartbeats every 10 s) and opens a client session to it; the client
 sends a datagram every 20 ms, the node echoes it.  Then each flood runs for ``--seconds`` from other
 loopback addresses (127.0.0.2 and up: outsiders are other sources):
@@ -266,10 +266,8 @@ def main():
     token_file = Path(directory) / "token"
     token_file.write_text(TOKEN + "\n")
     port = free_port()
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "roles" / "relay_connector" / "files"),
-                                                       str(ROOT / "tools")]))
-    relay = subprocess.Popen([sys.executable, "-m", "boson_relay.server", "--listen", "127.0.0.1:%d" % port,
-                              "--auth-token-file", str(token_file), "--log-level", "warning"], env=env,
+    relay = subprocess.Popen([sys.executable, "-m", "higgs_relay.server", "--listen", "127.0.0.1:%d" % port,
+                              "--auth-token-file", str(token_file), "--log-level", "warning"],
                              stderr=subprocess.DEVNULL)
     try:
         for _ in range(100):

@@ -2,7 +2,7 @@
 
     python3 benchmarks/site.py [--nodes 1 4 16]
 
-For each size: a fresh lab fleet (tests/lab/fleet.py) with its relay
+For each size: a fresh lab fleet (higgs_lab.fleet) with its relay
 (playbooks/relays.yml, not timed), site.yml run twice
 (first run, then the no-change run) with the settings we recommend
 (inventory/lab/ansible.cfg: pipelining, forks 20, explicit fact gathering),
@@ -20,11 +20,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "lab"))
+from higgs_lab import fleet, lab
 
-import fleet  # noqa: E402  (the lab fleet lives beside the tests)
-import lab  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 ENV = dict(
     os.environ,

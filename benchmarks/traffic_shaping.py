@@ -25,10 +25,10 @@ import sys
 import time
 from pathlib import Path
 
+import ansible  # the controller's Ansible, whose module_utils run the module
+from higgs_lab import lab  # the lab's container flags
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests" / "lab"))
-import ansible  # noqa: E402  (the controller's Ansible, whose module_utils run the module)
-import lab  # noqa: E402  (the lab's container flags)
 
 DOCKER = "/usr/bin/docker"
 NAME = "shp-bench"

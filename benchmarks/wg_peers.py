@@ -56,7 +56,7 @@ def sh(*args, stdin=None):
 
 
 def lab(cmd):
-    subprocess.run([sys.executable, str(ROOT / "tests/lab/lab.py"), cmd, "--scenario", SCENARIO,
+    subprocess.run([sys.executable, "-m", "higgs_lab.lab", cmd, "--scenario", SCENARIO,
                     "--platforms", json.dumps(PLATFORMS)], check=True, stdout=subprocess.DEVNULL)
 
 

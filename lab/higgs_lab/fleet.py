@@ -1,7 +1,7 @@
 """The lab fleet behind README command (1): N exit nodes, a client, an internet, a relay.
 
-    python3 tests/lab/fleet.py up [--nodes N]    create the fleet and its inventory
-    python3 tests/lab/fleet.py down              remove it
+    python -m higgs_lab.fleet up [--nodes N]   create the fleet and its inventory
+    python -m higgs_lab.fleet down             remove it
 
 Topology: every node sits on the "uplink" network (its home LAN, whose router
 fleet-inet sends router advertisements, serves the lab's internet at
@@ -18,7 +18,7 @@ import argparse
 import json
 from pathlib import Path
 
-import lab
+from higgs_lab import lab
 
 ROOT = Path(__file__).resolve().parents[2]
 INVENTORY = ROOT / "inventory" / "lab" / "hosts.yml"
@@ -61,7 +61,7 @@ def inventory(plats: list[dict]) -> str:
                      "metrics_listen_address": plat["lab_networks"]["uplink"][0].split("/")[0] + ":9100"}
         for group in plat["groups"]:
             groups.setdefault(group, {"hosts": {}})["hosts"][plat["name"]] = host
-    header = "# Written by tests/lab/fleet.py for the running lab fleet; do not edit.\n"
+    header = "# Written by higgs_lab.fleet (lab/higgs_lab/fleet.py) for the running lab fleet; do not edit.\n"
     return header + "---\n" + json.dumps({"all": {"children": groups}}, indent=2) + "\n"
 
 

@@ -1,6 +1,6 @@
 """Client-side connector: a local UDP port for wg-quick, carried over the relay.
 
-    python3 -m boson_relay.client --relay http://relay:3000 --node-id UUID --listen 127.0.0.1:51821
+    python3 -m higgs_relay.client --relay http://relay:3000 --node-id UUID --listen 127.0.0.1:51821
 
 The client's WireGuard uses ``Endpoint = 127.0.0.1:51821``.  The connector
 asks a relay for a session to the node (POST /api/v1/routing/request), opens

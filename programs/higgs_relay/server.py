@@ -1,6 +1,6 @@
 """The relay: REST control plane and WebSocket relay on one port, protocol version 2.
 
-    python3 -m boson_relay.server --listen 127.0.0.1:3000 --auth-token-file /etc/higgs-vpn/relay-server/token
+    python3 -m higgs_relay.server --listen 127.0.0.1:3000 --auth-token-file /etc/higgs-vpn/relay-server/token
 
 REST (JSON): POST /api/v1/nodes/register, POST /api/v1/nodes/{id}/heartbeat,
 DELETE /api/v1/nodes/{id}, POST /api/v1/metrics, POST /api/v1/routing/request,

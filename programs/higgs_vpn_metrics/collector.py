@@ -1,6 +1,6 @@
 """Write the node's VPN metrics for the node exporter's textfile collector.
 
-    higgs_vpn_metrics.py --config /etc/higgs-vpn/metrics/collector.json
+    python3 -m higgs_vpn_metrics.collector --config /etc/higgs-vpn/metrics/collector.json
 
 One run reads the kernel's live state and writes one Prometheus text file,
 atomically (temp file + rename in the same directory, as the textfile

@@ -5,7 +5,7 @@ Then playbooks/clients.yml alone changes one client's rate (measured again) and 
 (its peer, class, filters and counters gone) while the first client's traffic never stops; the
 inventory's clients are put back at the end.
 
-fleet-client reaches the node as lab-client through wg0 (tests/lab/fleet_report.yml) and as lab-psk
+fleet-client reaches the node as lab-client through wg0 (lab/fleet_report.yml) and as lab-psk
 through wgpsk, used for the traffic from lab-psk's address (source routing, table 200).
 """
 

@@ -13,16 +13,13 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from higgs_lab import lab  # the lab's docker helpers, e.g. start with its retry
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests" / "lab"))
-
-import lab  # noqa: E402  (the lab's docker helpers, e.g. start with its retry)
 
 INVENTORY = ROOT / "inventory" / "lab"
 ENV = dict(os.environ, ANSIBLE_CONFIG=str(INVENTORY / "ansible.cfg"),
@@ -152,5 +149,5 @@ def test_cleanup_after_a_crash_leaves_nothing():
     wait(lambda: booted(node), 60, "%s boots" % node)
     cleanup = playbook("playbooks/cleanup.yml", "--limit", node)
     assert cleanup.returncode == 0, cleanup.stdout[-3000:]
-    clean = playbook("tests/lab/fleet_clean.yml", "--limit", node)
+    clean = playbook("lab/fleet_clean.yml", "--limit", node)
     assert clean.returncode == 0, clean.stdout[-3000:]

@@ -7,8 +7,8 @@ import ipaddress
 import json
 import re
 
-import higgs_vpn_metrics as m
 import pytest
+from higgs_vpn_metrics import collector as m
 
 from ansible_collections.higgs.vpn.plugins.module_utils import _tc
 from ansible_collections.higgs.vpn.plugins.modules import tc_shaping

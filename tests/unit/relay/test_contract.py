@@ -1,4 +1,4 @@
-"""Contract: the connector against the collection's strict relay (tools/boson_relay), every request type.
+"""Contract: the connector against the collection's strict relay (higgs_relay.server), every request type.
 
 The relay validates exactly the reference BosonServer's request shapes
 (/work/shared/boson-protocol.md, "Exact request shapes"), so what it accepts
@@ -14,7 +14,6 @@ import asyncio
 import copy
 import http.client
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -44,11 +43,9 @@ def relay(tmp_path_factory):
     token = tmp_path_factory.mktemp("relay") / "token"
     token.write_text(TOKEN + "\n")
     port = _free_port()
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "roles" / "relay_connector" / "files"),
-                                                       str(ROOT / "tools")]))
-    proc = subprocess.Popen([sys.executable, "-m", "boson_relay.server", "--listen", "127.0.0.1:%d" % port,
+    proc = subprocess.Popen([sys.executable, "-m", "higgs_relay.server", "--listen", "127.0.0.1:%d" % port,
                              "--public-host", "127.0.0.1", "--public-port", str(port), "--no-uvloop",
-                             "--auth-token-file", str(token)], env=env, stdout=subprocess.DEVNULL,
+                             "--auth-token-file", str(token)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     url = "http://127.0.0.1:%d" % port
     end = time.monotonic() + 15

@@ -3,7 +3,7 @@
 Needs the websockets library (python3-websockets on Debian); skipped without it.
 Run it on a lab image to cover each Debian release (the lab images have no
 pytest; the controller's pure-Python one works on both):
-``docker run --rm -v $PWD:/c:ro -w /c -e PYTHONPATH=/c/.venv/lib/python3.11/site-packages
+``docker run --rm -v $PWD:/c:ro -w /c -e PYTHONPATH=/c/.venv/lib/python3.11/site-packages:/c/programs
 --entrypoint python3 higgs-lab:trixie -m pytest -q -p no:cacheprovider tests/unit/relay``
 """
 
@@ -25,7 +25,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[3]
-PATHS = [str(ROOT / "roles" / "relay_connector" / "files"), str(ROOT / "tools")]
 pytest.importorskip("websockets")
 
 KEY = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
@@ -47,7 +46,7 @@ def _free_port(kind=socket.SOCK_STREAM):
 
 
 def _spawn(*args):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(PATHS), PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.Popen([sys.executable, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
 
@@ -59,7 +58,7 @@ def _get(url):
 
 def _relay(port, *options):
     """A relay on 127.0.0.1:port announcing itself as such; waits until it answers."""
-    proc = _spawn("-m", "boson_relay.server", "--listen", "127.0.0.1:%d" % port, "--public-host", "127.0.0.1",
+    proc = _spawn("-m", "higgs_relay.server", "--listen", "127.0.0.1:%d" % port, "--public-host", "127.0.0.1",
                   "--public-port", str(port), "--heartbeat", "2", "--no-uvloop", "--auth-token-file", _token_file(),
                   *options)
     assert _wait(lambda: "ok" in _get("http://127.0.0.1:%d/health" % port)), proc
@@ -145,7 +144,7 @@ def lab(tmp_path, request):
         assert _wait(lambda: '"status": "ok"' in _get("http://127.0.0.1:%d/health" % health)), node
         client_port = _free_port(socket.SOCK_DGRAM)
         relays = [arg for port in relay_ports for arg in ("--relay", "http://127.0.0.1:%d" % port)]
-        client = _spawn("-m", "boson_relay.client", *relays,
+        client = _spawn("-m", "higgs_relay.client", *relays,
                         "--node-id", node_id, "--listen", "127.0.0.1:%d" % client_port, "--metrics", "",
                         "--ping-interval", "1", "--ping-timeout", "3", "--no-uvloop")
         procs.append(client)
@@ -434,7 +433,7 @@ def test_relay_over_tls(tmp_path):
         assert _wait(lambda: '"status": "ok"' in _get("http://127.0.0.1:%d/health" % health)), node
         # the client reaches the same relay without TLS: datagrams cross the node's TLS WebSocket
         client_port = _free_port(socket.SOCK_DGRAM)
-        procs.append(_spawn("-m", "boson_relay.client", "--relay", "http://127.0.0.1:%d" % port,
+        procs.append(_spawn("-m", "higgs_relay.client", "--relay", "http://127.0.0.1:%d" % port,
                             "--node-id", node_id, "--listen", "127.0.0.1:%d" % client_port, "--metrics", "",
                             "--no-uvloop"))
         assert _exchange(client_port, count=20) >= 20

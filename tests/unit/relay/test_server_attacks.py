@@ -24,7 +24,6 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 ROOT = Path(__file__).resolve().parents[3]
-PATHS = [str(ROOT / "roles" / "relay_connector" / "files"), str(ROOT / "tools")]
 TOKEN = "attack-test-registration-token"
 KEY = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
 
@@ -41,10 +40,10 @@ class Relay:
         token_file.write_text(TOKEN + "\n")
         self.port = _free_port()
         self.log = tmp_path / "relay.log"
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(PATHS), PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
         with open(self.log, "w") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "boson_relay.server", "--listen", "127.0.0.1:%d" % self.port,
+                [sys.executable, "-m", "higgs_relay.server", "--listen", "127.0.0.1:%d" % self.port,
                  "--public-host", "127.0.0.1", "--public-port", str(self.port), "--no-uvloop",
                  "--auth-token-file", str(token_file), *options], env=env, stdout=out, stderr=subprocess.STDOUT)
         end = time.monotonic() + 10
@@ -330,15 +329,14 @@ def test_forwarded_for_is_believed_from_a_trusted_proxy_only(relay):
 
 # 8 -------------------------------------------------------------------------------------------
 def test_the_relay_needs_a_token_and_listens_on_loopback_by_default(tmp_path):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(PATHS))
-    out = subprocess.run([sys.executable, "-m", "boson_relay.server"], env=env, capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "higgs_relay.server"], capture_output=True, text=True,
                          timeout=20, check=False)
     assert out.returncode == 2 and "--auth-token-file is required" in out.stderr
     (tmp_path / "short").write_text("short\n")
-    out = subprocess.run([sys.executable, "-m", "boson_relay.server", "--auth-token-file", str(tmp_path / "short")],
-                         env=env, capture_output=True, text=True, timeout=20, check=False)
+    out = subprocess.run([sys.executable, "-m", "higgs_relay.server", "--auth-token-file", str(tmp_path / "short")],
+                         capture_output=True, text=True, timeout=20, check=False)
     assert out.returncode == 78 and "16-512 printable" in out.stderr
-    from boson_relay import server
+    from higgs_relay import server
     args = server.parse_args(["--no-auth"])
     assert args.listen == "127.0.0.1:3000" and args.node_rate > 0 and args.routing_rate > 0
 

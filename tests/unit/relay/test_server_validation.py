@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 pytest.importorskip("websockets")
-from boson_relay import server
+from higgs_relay import server
 
 CASES = yaml.safe_load((Path(__file__).parent / "server_validation_cases.yml").read_text())
 TOKEN = "registration-token-for-tests"

@@ -1,7 +1,7 @@
 """Detection of foreign firewalls that drop client traffic (issue 15).
 
 The rulesets are ``nft -j list ruleset`` of the lab image with Debian's ufw
-enabled, firewalld running and Docker's rules (tests/lab/fixtures/docker-rules.sh).
+enabled, firewalld running and Docker's rules (lab/higgs_lab/fixtures/docker.sh).
 """
 
 from __future__ import annotations
