@@ -41,9 +41,11 @@ CONFIG = "/etc/higgs-vpn/relay/connector.json"
 NODE_UPLINK = "10.45.0.2"
 # the processes that carry the traffic, per container: (label, command line prefix)
 PATH_PROCESSES = {
-    CLIENT: (("client wireguard-go", "wireguard-go"), ("client connector", "/usr/bin/python3 -m boson_relay.client")),
-    "rly-relay1": (("relay", "/usr/bin/python3 -m boson_relay.server"),),
-    NODE: (("node wireguard-go", "wireguard-go"), ("node connector", "/usr/bin/python3 -m higgs_relay")),
+    CLIENT: (("client wireguard-go", "wireguard-go"),
+             ("client connector", "/usr/bin/python3 /opt/higgs-relay/boson-client.pyz")),
+    "rly-relay1": (("relay", "/usr/bin/python3 /usr/local/lib/higgs-relay-server/higgs-relay-server.pyz"),),
+    NODE: (("node wireguard-go", "wireguard-go"),
+           ("node connector", "/usr/bin/python3 /usr/local/lib/higgs-relay/higgs-relay-connector.pyz")),
     INET: (("internet iperf3", "iperf3"),),
 }
 
@@ -136,7 +138,7 @@ def set_batching(on):
              "systemctl restart higgs-relay-connector" % (CONFIG, on))
     flag = "" if on else " --no-batch"
     # the option goes right after the module name: ExecStart may continue over several lines
-    sh(CLIENT, "sed -i 's/ --no-batch//; s|-m boson_relay.client|&%s|' /etc/systemd/system/boson-client.service && "
+    sh(CLIENT, "sed -i 's/ --no-batch//; s|/boson-client.pyz|&%s|' /etc/systemd/system/boson-client.service && "
                "systemctl daemon-reload && systemctl restart boson-client" % flag)
     for _ in range(60):
         if sh(CLIENT, "curl -sf -m 2 http://%s/ >/dev/null && echo ok" % RELAY_TARGET, check=False).strip() == "ok":
