@@ -25,6 +25,8 @@ CGNAT = ipaddress.ip_network("100.64.0.0/10")
 PRIVATE = [ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")]
 PROTOCOLS = ("upnp", "natpmp")
 NAT_TYPES = ("FullCone", "RestrictedCone", "PortRestricted", "Symmetric")
+MAX_RELAY_STUN = 8    # relay-announced STUN servers used at most
+MAX_RELAY_STUN_FILE = 1 << 16   # bytes read of the relay connector's file
 
 
 def log(message: str) -> None:
@@ -45,6 +47,9 @@ def load(path: str) -> dict:
         cfg["stun"] = [split_hostport(s) for s in cfg.get("stun_servers", [])]
     except ValueError as exc:
         problems.append("stun_servers: %s" % exc)
+    relay_file = cfg.get("relay_stun_file", "")
+    if not isinstance(relay_file, str) or (relay_file and not relay_file.startswith("/")):
+        problems.append("relay_stun_file must be an absolute path (or empty)")
     for key in ("lease", "timeout"):
         if not isinstance(cfg.get(key), (int, float)) or cfg[key] <= 0:
             problems.append("%s must be a positive number, not %r" % (key, cfg.get(key)))
@@ -52,7 +57,37 @@ def load(path: str) -> dict:
         problems.append("state_file must be an absolute path")
     if problems:
         raise ValueError("; ".join(problems))
+    cfg["stun_source"] = "configured" if cfg["stun"] else "none"
+    if not cfg["stun"] and relay_file:
+        cfg["stun"] = relay_stun_servers(relay_file)
+        cfg["stun_source"] = "relay" if cfg["stun"] else "none"
     return cfg
+
+
+def relay_stun_servers(path: str) -> list[tuple[str, int]]:
+    """The STUN servers the relay announced (written by the relay connector), or [] with the reason logged.
+
+    At most MAX_RELAY_STUN entries of a file of at most MAX_RELAY_STUN_FILE bytes; a file with any
+    entry that is not host:port is not used at all.
+    """
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_RELAY_STUN_FILE + 1)
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        log("relay STUN servers %s not used: %s" % (path, exc))
+        return []
+    try:
+        if len(raw) > MAX_RELAY_STUN_FILE:
+            raise ValueError("larger than %d bytes" % MAX_RELAY_STUN_FILE)
+        servers = json.loads(raw).get("stun_servers")
+        if not isinstance(servers, list) or not all(isinstance(s, str) for s in servers):
+            raise ValueError("stun_servers is not a list of host:port")
+        return [split_hostport(s) for s in servers[:MAX_RELAY_STUN]]
+    except (ValueError, AttributeError, RecursionError) as exc:
+        log("relay STUN servers %s not used: %s" % (path, exc))
+        return []
 
 
 def split_hostport(text: str) -> tuple[str, int]:
@@ -305,6 +340,7 @@ def run(cfg, mode):
     if mode == "probe" and previous.get("mapping"):
         mapping = previous["mapping"]
     state = decide(cfg, v4, v6, mapping, errors)
+    state["stun_source"] = cfg["stun_source"]
     if mode == "apply" and write_state(cfg["state_file"], state):
         log("NAT state: %s (%s), natType %s" % (state["route"], state["reason"], state["nat_type"]))
     return state
