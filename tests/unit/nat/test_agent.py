@@ -214,3 +214,10 @@ def test_a_bad_relay_file_gives_no_stun_server(tmp_path, capsys, content):
 def test_relay_stun_servers_are_bounded(tmp_path):
     cfg = _config(tmp_path, [], {"stun_servers": ["10.0.0.%d:3478" % i for i in range(1, 50)]})
     assert len(cfg["stun"]) == agent.MAX_RELAY_STUN
+
+
+def test_a_mapping_records_when_its_lease_runs_out(igd):
+    """For the metrics' lease seconds left (issue 16): the mapping carries expires_at, renewed at each run."""
+    before = int(agent.time.time())
+    mapping, errors = agent.Router(dict(CFG, lease=600), "192.168.1.1").map(None)
+    assert not errors and before + 600 <= mapping["expires_at"] <= int(agent.time.time()) + 600

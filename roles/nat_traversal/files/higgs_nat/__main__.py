@@ -18,6 +18,7 @@ import os
 import socket
 import sys
 import tempfile
+import time
 
 from . import natpmp, stun
 
@@ -235,7 +236,10 @@ class Router:
         errors = []
         for proto in self.cfg["protocols"]:
             try:
-                return getattr(self, proto + "_map")(previous), errors
+                mapping = getattr(self, proto + "_map")(previous)
+                # when the lease runs out (the metrics' lease seconds left); renewed at each run
+                mapping["expires_at"] = int(time.time()) + int(mapping["lease"])
+                return mapping, errors
             except Exception as exc:
                 errors.append("%s" % exc if str(exc).startswith(("UPnP", "NAT-PMP")) else "%s: %s" % (proto, exc))
         return None, errors
