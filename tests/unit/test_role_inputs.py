@@ -65,8 +65,8 @@ CASES = [
     # host:port, a renewal not shorter than the lease, a line injected into the units
     ("nat_traversal", {"nat_traversal_wireguard_port": 70000},
      "nat_traversal_wireguard_port: 70000 is not a UDP port"),
-    ("nat_traversal", {"nat_traversal_protocols": ["upnp", "pcp"]},
-     "nat_traversal_protocols: pcp is not a mapping protocol"),
+    ("nat_traversal", {"nat_traversal_protocols": ["upnp", "igd"]},
+     "nat_traversal_protocols: igd is not a mapping protocol"),
     ("nat_traversal", {"nat_traversal_stun_servers": ["stun.example.net"]},
      "nat_traversal_stun_servers: stun.example.net is not host:port"),
     ("nat_traversal", {"nat_traversal_stun_servers": ["10.47.1.31:3478", "stun.example.net:99999"]},

@@ -142,7 +142,7 @@ def test_state_file_written_atomically_only_when_changed(tmp_path):
 
 @pytest.mark.parametrize(("change", "message"), [
     ({"wireguard_port": 70000}, "wireguard_port"),
-    ({"protocols": ["pcp"]}, "unknown mapping protocol 'pcp'"),
+    ({"protocols": ["igd"]}, "unknown mapping protocol 'igd'"),
     ({"stun_servers": ["stun.example.net"]}, "is not host:port"),
     ({"lease": 0}, "lease"),
     ({"state_file": "state.json"}, "state_file"),
