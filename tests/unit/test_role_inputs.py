@@ -115,7 +115,8 @@ ACCEPTED = [
     ("nat_traversal", {"nat_traversal_stun_servers": ["[2001:db8::1]:3478", "10.47.1.31:3478"],
                        "nat_traversal_protocols": []}),
     ("relay_connector", {}),
-    ("relay_server", {"relay_server_stun_servers": ["10.48.1.31:3478", "[2001:db8::31]:3478", "stun.example.net:3478"]}),
+    ("relay_server", {"relay_server_stun_servers": ["10.48.1.31:3478", "[2001:db8::31]:3478",
+                                                    "stun.example.net:3478"]}),
     ("relay_connector", {"relay_connector_location": {"country": "DE", "region": "", "coordinates": None}}),
     # per-client limits next to the client (refused as unknown keys before issue 14)
     ("node", {"node_traffic_shaping": True,
