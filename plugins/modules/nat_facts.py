@@ -108,6 +108,12 @@ ansible_facts:
         ipv6:
           description: Egress address and class (public, private, none).
           type: dict
+        stun_source:
+          description:
+            - Where the STUN servers came from, C(configured) (nat_traversal_stun_servers), C(relay) (the relay's
+              announced stunServers) or C(none) (nothing measured).
+          type: str
+          sample: relay
 """
 
 import json

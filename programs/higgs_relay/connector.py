@@ -19,12 +19,14 @@ import asyncio
 import collections
 import contextlib
 import errno
+import ipaddress
 import json
 import logging
 import math
 import os
 import signal
 import sys
+import tempfile
 import time
 
 from . import __version__, backoff, config, framing, metrics, rest, udp
@@ -33,6 +35,8 @@ log = logging.getLogger("higgs-relay")
 
 EX_SOFTWARE = 70          # an unexpected error: logged, and systemd restarts the unit
 MAX_NAT_STATE = 1 << 16    # bytes read of the NAT state file
+MAX_STUN_SERVERS = 8      # announced STUN servers written for the NAT agent (the first valid ones)
+STUN_FILE = "stun-servers.json"   # in the unit's RuntimeDirectory, read by the nat_traversal agent
 MIN_REREGISTER = 30.0     # seconds between two registrations at one relay, whatever expiresAt says
 HEARTBEAT_RANGE = (10.0, 300.0)   # what the server accepts as heartbeatInterval; nextHeartbeat clamped to it
 NOTES = 256               # distinct "log once" causes kept per link (memory bound)
@@ -166,6 +170,7 @@ class Link:
         log.debug("registered at %s", self.relay.name)
         if self.cfg.discover_relays:
             d.discover(self, answer.get("relayServers"))
+        d.stun.update(self, answer.get("stunServers"))
 
     async def heartbeat(self):
         """One heartbeat; returns the seconds until the next one.
@@ -701,10 +706,82 @@ class NatState:
         return values, None
 
 
+def announced_stun_servers(entries, refused=None) -> list:
+    """``host:port`` of a registration answer's ``stunServers`` ({"host", "port"}), at most MAX_STUN_SERVERS.
+
+    The answer comes from a relay, which is not trusted: only a host name or
+    an IP address that is not loopback, unspecified, multicast or link-local,
+    with a port 1..65535, counts, from the first 64 entries; a host skipped
+    for its value goes to ``refused`` (made safe for a log line).
+    """
+    if not isinstance(entries, list):
+        return []
+    found = []
+    for entry in entries[:64]:
+        if len(found) >= MAX_STUN_SERVERS:
+            break
+        host, port = (entry.get("host"), entry.get("port")) if isinstance(entry, dict) else (None, None)
+        if not isinstance(host, str) or isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            continue
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            if config._HOSTNAME.fullmatch(host):
+                found.append("%s:%d" % (host, port))
+            elif refused is not None:
+                refused.append(say(host, 80))
+            continue
+        if ip.is_loopback or ip.is_unspecified or ip.is_multicast or ip.is_link_local:
+            if refused is not None:
+                refused.append(host)
+            continue
+        found.append("[%s]:%d" % (ip, port) if ip.version == 6 else "%s:%d" % (ip, port))
+    return found
+
+
+class StunServers:
+    """The relay-announced STUN servers, written for the NAT agent (``{"stun_servers": ["host:port", ...]}``).
+
+    The file lives in the unit's RuntimeDirectory (``$RUNTIME_DIRECTORY``;
+    nothing is written without one): replaced atomically, mode 0644 (the
+    agent runs as another user), only when the list changed.  The latest
+    registration answer wins.
+    """
+
+    def __init__(self, directory):
+        self.path = os.path.join(directory.split(":")[0], STUN_FILE) if directory else ""
+        self.written = None
+
+    def update(self, link, entries):
+        refused = []
+        servers = announced_stun_servers(entries, refused)
+        for host in refused:
+            link.note(("stun", host), logging.WARNING, "STUN server %s announced by %s refused", host, link.relay.name)
+        if not self.path or servers == self.written:
+            return
+        text = json.dumps({"stun_servers": servers}) + "\n"
+        try:
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.path), prefix=".stun-")
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                    handle.write(text)
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, self.path)
+            except BaseException:
+                os.unlink(tmp)
+                raise
+        except OSError as exc:
+            link.note(("stun-file", str(exc.errno)), logging.WARNING, "cannot write %s: %s", self.path, say(exc))
+            return
+        self.written = servers
+        log.info("STUN servers announced by %s: %s", link.relay.name, ", ".join(servers) or "none")
+
+
 class Daemon:
     def __init__(self, cfg: config.Config):
         self.cfg = cfg
         self.nat = NatState(cfg.nat_state_file)
+        self.stun = StunServers(os.environ.get("RUNTIME_DIRECTORY", ""))
         self.loop = asyncio.get_running_loop()
         self.metrics = metrics.Metrics([r.name for r in cfg.relays])
         self.ssl = rest.ssl_context(cfg.ca_file) if any(r.tls for r in cfg.relays) else None

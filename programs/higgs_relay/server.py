@@ -43,6 +43,7 @@ MAX_HEAD = 8192          # request line and headers
 MAX_BODY = 16384         # a registration is about 1 KB
 MAX_DEPTH = 8            # nesting of the JSON bodies the protocol defines (4 at most)
 NATS = ("FullCone", "RestrictedCone", "PortRestricted", "Symmetric")
+MAX_STUN_SERVERS = 8    # announced in stunServers (the connector keeps as many)
 
 
 # Validation with the reference's shapes (zod there) -----------------------------------------------
@@ -407,7 +408,9 @@ class Relay:
         return 201, {
             "nodeId": node.id, "status": "registered",
             "relayServers": servers,
-            "stunServers": [], "sessionToken": token,
+            "stunServers": [{"host": host.strip("[]"), "port": int(port)}
+                            for host, _, port in (s.rpartition(":") for s in self.args.stun_server)],
+            "sessionToken": token,
             "expiresAt": int((time.time() + 86400) * 1000),
         }
 
@@ -623,6 +626,9 @@ class Relay:
             lines.append("boson_relay_%s %d" % (key, value))
         lines.append("boson_relay_nodes_online %d" % sum(n.online for n in self.nodes.values()))
         lines.append("boson_relay_nodes %d" % len(self.nodes))
+        registered = [n.info.get("networkInfo", {}).get("natType") for n in self.nodes.values() if n.online]
+        for nat in NATS:   # what the online nodes registered (their measured natType drives the route choice)
+            lines.append('boson_relay_nodes_online_nat_type{nat_type="%s"} %d' % (nat, registered.count(nat)))
         lines.append("boson_relay_sessions %d" % len(self.sessions))
         lines.append("boson_relay_http_connections %d" % self.http_open)
         lines.append("boson_relay_websockets %d" % self.sockets_open)
@@ -936,6 +942,8 @@ def make_parser():
     parser.add_argument("--public-port", type=int, default=3000)
     parser.add_argument("--announce", action="append", default=[], metavar="HOST:PORT",
                         help="another relay to announce in relayServers (repeatable)")
+    parser.add_argument("--stun-server", action="append", default=[], metavar="HOST:PORT",
+                        help="a STUN server announced to nodes in stunServers (repeatable, at most 8)")
     parser.add_argument("--heartbeat", type=float, default=30.0, help="seconds between heartbeat frames")
     parser.add_argument("--auth-token-file", default="", help="the bearer token nodes register with (required)")
     parser.add_argument("--no-auth", action="store_true", help="let anyone register a node (a closed lab only)")
@@ -976,11 +984,14 @@ def parse_args(argv=None):
     """The options, checked; exits 2 naming a bad one."""
     parser = make_parser()
     args = parser.parse_args(argv)
-    for other in args.announce:
-        host, _, port = other.rpartition(":")
-        if not re.fullmatch(r"[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]", host) or not re.fullmatch(
-                r"[0-9]{1,5}", port) or not 0 < int(port) < 65536:
-            parser.error("--announce %s is not HOST:PORT" % other)
+    for option, values in (("--announce", args.announce), ("--stun-server", args.stun_server)):
+        for other in values:
+            host, _, port = other.rpartition(":")
+            if not re.fullmatch(r"[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]", host) or not re.fullmatch(
+                    r"[0-9]{1,5}", port) or not 0 < int(port) < 65536:
+                parser.error("%s %s is not HOST:PORT" % (option, other))
+    if len(args.stun_server) > MAX_STUN_SERVERS:
+        parser.error("at most %d --stun-server" % MAX_STUN_SERVERS)
     for proxy in args.trusted_proxy:
         if not _is_ip(proxy):
             parser.error("--trusted-proxy %s is not an IP address" % proxy)

@@ -17,6 +17,11 @@ collector requires):
   and each client's class), labelled with the client of each class.
 * Firewall: packets / bytes of the counted rules of the collection's owned
   nftables tables and iptables chains, summed per table, chain and verdict.
+* NAT traversal (the nat_traversal agent's ``/var/lib/higgs-nat/state.json``,
+  ``nat_state_file`` in the configuration): the reported natType, the route
+  (direct / relay), whether our port mapping is present and by which
+  protocol, and the seconds left of its lease.  No state file: the part is
+  not installed and nothing is reported.
 * Optionally the relay connector's own /metrics, appended as they are.
 
 Every source is read independently: a failing one is reported by
@@ -263,6 +268,43 @@ def firewall(cfg: dict, fam: dict[str, Family]) -> None:
 
 
 # ---------------------------------------------------------------------------
+# NAT traversal
+# ---------------------------------------------------------------------------
+
+NAT_STATE = "/var/lib/higgs-nat/state.json"
+NAT_TYPES = ("FullCone", "RestrictedCone", "PortRestricted", "Symmetric")
+NAT_ROUTES = ("direct", "relay")
+NAT_PROTOCOLS = ("pcp", "natpmp", "upnp")
+
+
+def nat(cfg: dict, fam: dict[str, Family], now: float | None = None) -> bool:
+    """The NAT agent's state as gauges; False when there is no state file (the part is not installed)."""
+    path = Path(cfg.get("nat_state_file") or NAT_STATE)
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read((1 << 16) + 1)
+    except FileNotFoundError:
+        return False
+    if len(raw) > 1 << 16:
+        raise Source("%s is larger than 64 KiB" % path)
+    state = json.loads(raw)
+    if not isinstance(state, dict) or state.get("nat_type") not in NAT_TYPES or state.get("route") not in NAT_ROUTES:
+        raise Source("%s is not a NAT state of the higgs-nat agent" % path)
+    for nat_type in NAT_TYPES:
+        fam["nat_type"].add(int(state["nat_type"] == nat_type), nat_type=nat_type)
+    for route in NAT_ROUTES:
+        fam["nat_route"].add(int(state["route"] == route), route=route)
+    mapping = state.get("mapping") if isinstance(state.get("mapping"), dict) else {}
+    for protocol in NAT_PROTOCOLS:
+        fam["nat_mapping"].add(int(mapping.get("protocol") == protocol), protocol=protocol)
+    expires = mapping.get("expires_at")
+    if isinstance(expires, (int, float)) and not isinstance(expires, bool):
+        left = expires - (time.time() if now is None else now)
+        fam["nat_lease"].add(max(0, int(left)))
+    return True
+
+
+# ---------------------------------------------------------------------------
 # Relay connector
 # ---------------------------------------------------------------------------
 
@@ -293,6 +335,13 @@ def families() -> dict[str, Family]:
                              "Packets matched by the counted rules of an owned table / chain, per verdict."),
         "fw_bytes": Family("firewall_bytes_total", "counter",
                            "Bytes matched by the counted rules of an owned table / chain, per verdict."),
+        "nat_type": Family("nat_type", "gauge", "The natType the node reports (1 for the current one)."),
+        "nat_route": Family("nat_route", "gauge",
+                            "How clients reach the node: direct or relay (1 for the current one)."),
+        "nat_mapping": Family("nat_port_mapping", "gauge",
+                              "Our WireGuard port mapping on the router, by protocol (1: present; all 0: none)."),
+        "nat_lease": Family("nat_port_mapping_lease_remaining_seconds", "gauge",
+                            "Seconds left of our port mapping's lease (absent without a mapping)."),
         "up": Family("metrics_source_up", "gauge", "Whether the source was read in the latest run."),
         "duration": Family("metrics_collector_duration_seconds", "gauge", "Time the latest run took."),
         "last": Family("metrics_collector_last_run_timestamp_seconds", "gauge", "Unix time of the latest run."),
@@ -308,9 +357,11 @@ def collect(cfg: dict) -> str:
                ("firewall", lambda: firewall(cfg, fam))]
     if cfg.get("relay_connector_url"):
         sources.append(("relay_connector", lambda: extra.extend(relay_connector(cfg))))
+    sources.append(("nat", lambda: nat(cfg, fam)))
     for name, read in sources:
         try:
-            read()
+            if read() is False:   # a part this node does not have
+                continue
             fam["up"].add(1, source=name)
         except (Source, OSError, ValueError, KeyError) as exc:
             fam["up"].add(0, source=name)

@@ -65,8 +65,8 @@ CASES = [
     # host:port, a renewal not shorter than the lease, a line injected into the units
     ("nat_traversal", {"nat_traversal_wireguard_port": 70000},
      "nat_traversal_wireguard_port: 70000 is not a UDP port"),
-    ("nat_traversal", {"nat_traversal_protocols": ["upnp", "pcp"]},
-     "nat_traversal_protocols: pcp is not a mapping protocol"),
+    ("nat_traversal", {"nat_traversal_protocols": ["upnp", "igd"]},
+     "nat_traversal_protocols: igd is not a mapping protocol"),
     ("nat_traversal", {"nat_traversal_stun_servers": ["stun.example.net"]},
      "nat_traversal_stun_servers: stun.example.net is not host:port"),
     ("nat_traversal", {"nat_traversal_stun_servers": ["10.47.1.31:3478", "stun.example.net:99999"]},
@@ -74,6 +74,13 @@ CASES = [
     ("nat_traversal", {"nat_traversal_renew_interval": 3600}, "nat_traversal_renew_interval"),
     ("nat_traversal", {"nat_traversal_description": "x\nExecStart=/bin/sh"},
      "nat_traversal_description contains the control character"),
+    # the STUN servers a relay announces (issue 16): host:port, a port 1-65535, no line injected into the unit
+    ("relay_server", {"relay_server_stun_servers": ["stun.example.net"]}, "relay_server_stun_servers"),
+    ("relay_server", {"relay_server_stun_servers": ["stun.example.net:0"]}, "relay_server_stun_servers"),
+    ("relay_server", {"relay_server_stun_servers": ["10.48.1.31:3478\nExecStartPre=/bin/sh"]},
+     "relay_server_stun_servers"),
+    ("relay_server", {"relay_server_stun_servers": ["10.0.0.%d:3478" % i for i in range(9)]},
+     "relay_server_stun_servers"),
 ]
 # The node checks its whole input first (the plan, then every part's checks with the
 # values it hands the part): a bad value of any part is refused before any change,
@@ -108,6 +115,8 @@ ACCEPTED = [
     ("nat_traversal", {"nat_traversal_stun_servers": ["[2001:db8::1]:3478", "10.47.1.31:3478"],
                        "nat_traversal_protocols": []}),
     ("relay_connector", {}),
+    ("relay_server", {"relay_server_stun_servers": ["10.48.1.31:3478", "[2001:db8::31]:3478",
+                                                    "stun.example.net:3478"]}),
     ("relay_connector", {"relay_connector_location": {"country": "DE", "region": "", "coordinates": None}}),
     # per-client limits next to the client (refused as unknown keys before issue 14)
     ("node", {"node_traffic_shaping": True,

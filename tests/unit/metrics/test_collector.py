@@ -236,3 +236,56 @@ def test_main_refuses_a_bad_config(tmp_path):
     config = tmp_path / "collector.json"
     config.write_text("{not json")
     assert m.main(["--config", str(config)]) == 78
+
+
+NAT_STATE = {"route": "direct", "nat_type": "FullCone", "endpoint": "11.47.0.1:51820",
+             "mapping": {"protocol": "upnp", "external_address": "11.47.0.1", "external_port": 51820,
+                         "lan_address": "10.48.0.2", "lease": 60, "expires_at": 1000060}}
+
+
+def _nat(tmp_path, state, now=1000000.0):
+    path = tmp_path / "state.json"
+    if state is not None:
+        path.write_text(state if isinstance(state, str) else json.dumps(state))
+    fam = m.families()
+    found = m.nat({"nat_state_file": str(path)}, fam, now=now)
+    return found, [line for f in fam.values() for line in f.render() if not line.startswith("#")]
+
+
+def test_nat_state_exported(tmp_path):
+    """Issue 16: natType, route, mapping and its protocol, lease seconds left (before: no NAT metrics at all)."""
+    found, lines = _nat(tmp_path, NAT_STATE)
+    assert found
+    assert 'higgs_nat_type{nat_type="FullCone"} 1' in lines and 'higgs_nat_type{nat_type="Symmetric"} 0' in lines
+    assert 'higgs_nat_route{route="direct"} 1' in lines and 'higgs_nat_route{route="relay"} 0' in lines
+    assert 'higgs_nat_port_mapping{protocol="upnp"} 1' in lines
+    assert 'higgs_nat_port_mapping{protocol="natpmp"} 0' in lines
+    assert "higgs_nat_port_mapping_lease_remaining_seconds 60" in lines
+
+
+def test_nat_relay_without_mapping(tmp_path):
+    lines = _nat(tmp_path, dict(NAT_STATE, route="relay", nat_type="Symmetric", mapping=None))[1]
+    assert 'higgs_nat_route{route="relay"} 1' in lines and 'higgs_nat_type{nat_type="Symmetric"} 1' in lines
+    assert not any(line.startswith("higgs_nat_port_mapping{") and line.endswith(" 1") for line in lines)
+    assert not any("lease_remaining" in line for line in lines)
+
+
+def test_nat_expired_lease_is_zero(tmp_path):
+    assert "higgs_nat_port_mapping_lease_remaining_seconds 0" in _nat(tmp_path, NAT_STATE, now=2000000.0)[1]
+
+
+def test_nat_without_state_file_reports_nothing(tmp_path):
+    found, lines = _nat(tmp_path, None)
+    assert not found and lines == []
+
+
+@pytest.mark.parametrize("content", ["{not json", "[]", json.dumps(dict(NAT_STATE, nat_type="Open")),
+                                     json.dumps(dict(NAT_STATE, pad="x" * 70000))])
+def test_nat_bad_state_is_a_down_source(tmp_path, content, monkeypatch):
+    path = tmp_path / "state.json"
+    path.write_text(content)
+    monkeypatch.setattr(m, "wireguard", lambda cfg, fam: None)
+    monkeypatch.setattr(m, "shaping", lambda cfg, fam: None)
+    monkeypatch.setattr(m, "firewall", lambda cfg, fam: None)
+    text = m.collect({"nat_state_file": str(path)})
+    assert 'higgs_metrics_source_up{source="nat"} 0' in text and "higgs_nat_type" not in text

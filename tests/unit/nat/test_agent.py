@@ -7,9 +7,13 @@ import json
 import sys
 import types
 import typing
+from pathlib import Path
 
 import pytest
+import yaml
 from higgs_nat import __main__ as agent
+
+ROOT = Path(__file__).resolve().parents[3]
 
 CFG = {"wireguard_port": 51820, "protocols": ["upnp"], "lease": 3600, "timeout": 0.2,
        "description": "higgs-vpn wireguard", "stun": [], "state_file": "/nonexistent"}
@@ -138,10 +142,11 @@ def test_state_file_written_atomically_only_when_changed(tmp_path):
 
 @pytest.mark.parametrize(("change", "message"), [
     ({"wireguard_port": 70000}, "wireguard_port"),
-    ({"protocols": ["pcp"]}, "unknown mapping protocol 'pcp'"),
+    ({"protocols": ["igd"]}, "unknown mapping protocol 'igd'"),
     ({"stun_servers": ["stun.example.net"]}, "is not host:port"),
     ({"lease": 0}, "lease"),
     ({"state_file": "state.json"}, "state_file"),
+    ({"relay_stun_file": "stun.json"}, "relay_stun_file"),
 ])
 def test_bad_configuration_exits_2_naming_the_key(tmp_path, capsys, change, message):
     cfg = {"wireguard_port": 51820, "stun_servers": ["stun.example.net:3478"], "protocols": ["upnp"],
@@ -164,3 +169,55 @@ def test_default_gateway_from_the_route_table(tmp_path):
                      "eth0\t0001A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\n"
                      "eth0\t00000000\t0101A8C0\t0003\t0\t0\t0\t00000000\n")
     assert agent.default_gateway(str(table)) == "192.168.1.1"
+
+
+def _config(tmp_path, stun_servers, relay_content=None):
+    relay = tmp_path / "stun-servers.json"
+    if relay_content is not None:
+        relay.write_bytes(relay_content if isinstance(relay_content, bytes) else json.dumps(relay_content).encode())
+    cfg = {"wireguard_port": 51820, "stun_servers": stun_servers, "protocols": [], "lease": 3600, "timeout": 1,
+           "description": "x", "state_file": str(tmp_path / "s.json"), "relay_stun_file": str(relay)}
+    (tmp_path / "c.json").write_text(json.dumps(cfg))
+    return agent.load(str(tmp_path / "c.json"))
+
+
+def test_the_relay_announced_stun_servers_are_used_when_none_are_configured(tmp_path):
+    """Issue 16: before, the relay's stunServers were never used (the default asked Google and Cloudflare)."""
+    cfg = _config(tmp_path, [], {"stun_servers": ["10.48.1.31:3478", "[2001:db8::31]:3478"]})
+    assert cfg["stun"] == [("10.48.1.31", 3478), ("2001:db8::31", 3478)] and cfg["stun_source"] == "relay"
+
+
+def test_configured_stun_servers_win_over_the_relay(tmp_path):
+    cfg = _config(tmp_path, ["stun.example.net:3478"], {"stun_servers": ["10.48.1.31:3478"]})
+    assert cfg["stun"] == [("stun.example.net", 3478)] and cfg["stun_source"] == "configured"
+
+
+def test_the_role_asks_no_third_party_by_default():
+    defaults = (ROOT / "roles" / "nat_traversal" / "defaults" / "main.yml").read_text()
+    assert yaml.safe_load(defaults)["nat_traversal_stun_servers"] == []
+
+
+@pytest.mark.parametrize("content", [
+    None,                                                    # no relay connector
+    b"{not json", b"\xff\xfe", b"[" * 100000, b"[]",
+    {"stun_servers": "10.48.1.31:3478"}, {"stun_servers": [3478]}, {"stun_servers": ["10.48.1.31"]},
+    {"stun_servers": ["10.48.1.31:3478", "evil"]},           # one bad entry: the file is not used
+    {"stun_servers": ["10.48.1.31:3478"], "pad": "x" * agent.MAX_RELAY_STUN_FILE},
+], ids=["missing", "malformed", "not-utf8", "oversized-nesting", "not-object", "not-list", "not-text",
+        "no-port", "one-bad", "oversized"])
+def test_a_bad_relay_file_gives_no_stun_server(tmp_path, capsys, content):
+    cfg = _config(tmp_path, [], content)
+    assert cfg["stun"] == [] and cfg["stun_source"] == "none"
+    assert (content is None) == ("not used" not in capsys.readouterr().err)
+
+
+def test_relay_stun_servers_are_bounded(tmp_path):
+    cfg = _config(tmp_path, [], {"stun_servers": ["10.0.0.%d:3478" % i for i in range(1, 50)]})
+    assert len(cfg["stun"]) == agent.MAX_RELAY_STUN
+
+
+def test_a_mapping_records_when_its_lease_runs_out(igd):
+    """For the metrics' lease seconds left (issue 16): the mapping carries expires_at, renewed at each run."""
+    before = int(agent.time.time())
+    mapping, errors = agent.Router(dict(CFG, lease=600), "192.168.1.1").map(None)
+    assert not errors and before + 600 <= mapping["expires_at"] <= int(agent.time.time()) + 600

@@ -18,13 +18,16 @@ import os
 import socket
 import sys
 import tempfile
+import time
 
-from . import natpmp, stun
+from . import natpmp, pcp, stun
 
 CGNAT = ipaddress.ip_network("100.64.0.0/10")
 PRIVATE = [ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")]
-PROTOCOLS = ("upnp", "natpmp")
+PROTOCOLS = ("pcp", "natpmp", "upnp")
 NAT_TYPES = ("FullCone", "RestrictedCone", "PortRestricted", "Symmetric")
+MAX_RELAY_STUN = 8    # relay-announced STUN servers used at most
+MAX_RELAY_STUN_FILE = 1 << 16   # bytes read of the relay connector's file
 
 
 def log(message: str) -> None:
@@ -45,6 +48,9 @@ def load(path: str) -> dict:
         cfg["stun"] = [split_hostport(s) for s in cfg.get("stun_servers", [])]
     except ValueError as exc:
         problems.append("stun_servers: %s" % exc)
+    relay_file = cfg.get("relay_stun_file", "")
+    if not isinstance(relay_file, str) or (relay_file and not relay_file.startswith("/")):
+        problems.append("relay_stun_file must be an absolute path (or empty)")
     for key in ("lease", "timeout"):
         if not isinstance(cfg.get(key), (int, float)) or cfg[key] <= 0:
             problems.append("%s must be a positive number, not %r" % (key, cfg.get(key)))
@@ -52,7 +58,37 @@ def load(path: str) -> dict:
         problems.append("state_file must be an absolute path")
     if problems:
         raise ValueError("; ".join(problems))
+    cfg["stun_source"] = "configured" if cfg["stun"] else "none"
+    if not cfg["stun"] and relay_file:
+        cfg["stun"] = relay_stun_servers(relay_file)
+        cfg["stun_source"] = "relay" if cfg["stun"] else "none"
     return cfg
+
+
+def relay_stun_servers(path: str) -> list[tuple[str, int]]:
+    """The STUN servers the relay announced (written by the relay connector), or [] with the reason logged.
+
+    At most MAX_RELAY_STUN entries of a file of at most MAX_RELAY_STUN_FILE bytes; a file with any
+    entry that is not host:port is not used at all.
+    """
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_RELAY_STUN_FILE + 1)
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        log("relay STUN servers %s not used: %s" % (path, exc))
+        return []
+    try:
+        if len(raw) > MAX_RELAY_STUN_FILE:
+            raise ValueError("larger than %d bytes" % MAX_RELAY_STUN_FILE)
+        servers = json.loads(raw).get("stun_servers")
+        if not isinstance(servers, list) or not all(isinstance(s, str) for s in servers):
+            raise ValueError("stun_servers is not a list of host:port")
+        return [split_hostport(s) for s in servers[:MAX_RELAY_STUN]]
+    except (ValueError, AttributeError, RecursionError) as exc:
+        log("relay STUN servers %s not used: %s" % (path, exc))
+        return []
 
 
 def split_hostport(text: str) -> tuple[str, int]:
@@ -127,11 +163,12 @@ def ipv4_detection(cfg: dict) -> dict:
 
 
 class Router:
-    """The home router's mapping service: UPnP-IGD (miniupnpc) or NAT-PMP."""
+    """The home router's mapping service: PCP, NAT-PMP or UPnP-IGD (miniupnpc)."""
 
-    def __init__(self, cfg, gateway):
+    def __init__(self, cfg, gateway, nonce=None):
         self.cfg, self.gateway = cfg, gateway
         self.description = cfg["description"]
+        self.nonce = nonce      # our PCP mapping's nonce (from the state), None: no PCP mapping of ours known
 
     def candidates(self, previous):
         port = self.cfg["wireguard_port"]
@@ -179,6 +216,24 @@ class Router:
                 removed.append(port)
         return removed
 
+    # PCP --------------------------------------------------------------------
+    def pcp_map(self, previous):
+        if self.gateway is None:
+            raise RuntimeError("PCP: no IPv4 default gateway")
+        nonce = self.nonce or pcp.new_nonce()
+        answer = pcp.map_udp(self.gateway, nonce, self.cfg["wireguard_port"], previous or self.cfg["wireguard_port"],
+                             int(self.cfg["lease"]), self.cfg["timeout"])
+        self.nonce = nonce
+        return {"protocol": "pcp", "external_address": answer["external_address"],
+                "external_port": answer["external_port"], "lease": answer["lifetime"], "nonce": nonce.hex(),
+                "lan_address": egress_source(socket.AF_INET, self.gateway)}
+
+    def pcp_unmap(self, _previous):
+        if self.gateway is None or self.nonce is None:   # no mapping of ours (only its nonce could delete it)
+            return []
+        pcp.map_udp(self.gateway, self.nonce, self.cfg["wireguard_port"], 0, 0, self.cfg["timeout"])
+        return [self.cfg["wireguard_port"]]
+
     # NAT-PMP ----------------------------------------------------------------
     def natpmp_map(self, previous):
         if self.gateway is None:
@@ -200,9 +255,13 @@ class Router:
         errors = []
         for proto in self.cfg["protocols"]:
             try:
-                return getattr(self, proto + "_map")(previous), errors
+                mapping = getattr(self, proto + "_map")(previous)
+                # when the lease runs out (the metrics' lease seconds left); renewed at each run
+                mapping["expires_at"] = int(time.time()) + int(mapping["lease"])
+                return mapping, errors
             except Exception as exc:
-                errors.append("%s" % exc if str(exc).startswith(("UPnP", "NAT-PMP")) else "%s: %s" % (proto, exc))
+                named = str(exc).startswith(("UPnP", "NAT-PMP", "PCP"))
+                errors.append("%s" % exc if named else "%s: %s" % (proto, exc))
         return None, errors
 
     def unmap(self, previous):
@@ -291,9 +350,20 @@ def previous_port(state):
     return port if isinstance(port, int) and 1 <= port <= 65535 else None
 
 
+def previous_nonce(state):
+    """Our PCP mapping's nonce from the state (12 bytes), else None."""
+    mapping = state.get("mapping") if isinstance(state, dict) else None
+    text = mapping.get("nonce") if isinstance(mapping, dict) and mapping.get("protocol") == "pcp" else None
+    try:
+        nonce = bytes.fromhex(text) if isinstance(text, str) else None
+    except ValueError:
+        return None
+    return nonce if nonce is not None and len(nonce) == 12 else None
+
+
 def run(cfg, mode):
     previous = read_state(cfg["state_file"])
-    router = Router(cfg, default_gateway())
+    router = Router(cfg, default_gateway(), previous_nonce(previous))
     if mode == "remove":
         removed = router.unmap(previous_port(previous))
         with contextlib.suppress(FileNotFoundError):
@@ -305,6 +375,7 @@ def run(cfg, mode):
     if mode == "probe" and previous.get("mapping"):
         mapping = previous["mapping"]
     state = decide(cfg, v4, v6, mapping, errors)
+    state["stun_source"] = cfg["stun_source"]
     if mode == "apply" and write_state(cfg["state_file"], state):
         log("NAT state: %s (%s), natType %s" % (state["route"], state["reason"], state["nat_type"]))
     return state
