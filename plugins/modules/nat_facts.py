@@ -31,10 +31,10 @@ options:
     description: The agent's configuration, for O(probe=true).
     type: path
     default: /etc/higgs-vpn/nat/agent.json
-  agent_dir:
-    description: Directory holding the agent's Python package C(higgs_nat), for O(probe=true).
+  agent:
+    description: The agent as the C(nat_traversal) role installs it (one zipapp), for O(probe=true).
     type: path
-    default: /usr/local/lib/higgs-nat
+    default: /usr/local/lib/higgs-nat/higgs-nat.pyz
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - ansible.builtin.action_common_attributes.facts
@@ -139,18 +139,18 @@ def main():
             "path": {"type": "path", "default": "/var/lib/higgs-nat/state.json"},
             "probe": {"type": "bool", "default": False},
             "config": {"type": "path", "default": "/etc/higgs-vpn/nat/agent.json"},
-            "agent_dir": {"type": "path", "default": "/usr/local/lib/higgs-nat"},
+            "agent": {"type": "path", "default": "/usr/local/lib/higgs-nat/higgs-nat.pyz"},
         },
         supports_check_mode=True,
     )
     params = module.params
     if params["probe"]:
-        if not os.path.isfile(os.path.join(params["agent_dir"], "higgs_nat", "__main__.py")):
-            module.fail_json(msg="the higgs-nat agent is not installed in %s (apply the nat_traversal role)"
-                             % params["agent_dir"])
+        if not os.path.isfile(params["agent"]):
+            module.fail_json(msg="the higgs-nat agent is not installed at %s (apply the nat_traversal role)"
+                             % params["agent"])
         rc, out, err = module.run_command(
-            [module.get_bin_path("python3", required=True), "-m", "higgs_nat", "probe", "--config", params["config"]],
-            cwd=params["agent_dir"], environ_update={"PYTHONDONTWRITEBYTECODE": "1"})
+            [module.get_bin_path("python3", required=True), params["agent"], "probe", "--config", params["config"]],
+            environ_update={"PYTHONDONTWRITEBYTECODE": "1"})
         if rc != 0:
             module.fail_json(msg="the higgs-nat probe failed: %s" % err.strip(), rc=rc)
         try:

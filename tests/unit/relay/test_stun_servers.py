@@ -15,7 +15,7 @@ from fake_boson import FakeBoson
 from higgs_relay import config, connector
 
 pytest.importorskip("websockets")
-from boson_relay import server
+from higgs_relay import server
 
 BASE = yaml.safe_load((Path(__file__).parent / "config_cases.yml").read_text())["base"]
 TOKEN = "registration-token-for-tests"

@@ -10,9 +10,10 @@ import pytest
 from ansible.module_utils.basic import AnsibleModule
 from module_run import run_main, stop_at_exit
 
+from ansible_collections.higgs.vpn.plugins.action import program
 from ansible_collections.higgs.vpn.plugins.modules import nat_facts
 
-AGENT_DIR = Path(__file__).resolve().parents[4] / "roles" / "nat_traversal" / "files"
+PROGRAMS = Path(__file__).resolve().parents[4] / "programs"
 STATE = {"route": "direct", "endpoint": "11.47.0.1:51820", "nat_type": "FullCone", "reason": "upnp mapped",
          "stun_mapped_address": "11.47.0.1:51820"}
 
@@ -57,12 +58,14 @@ def test_probe_runs_the_agent_without_mapping(tmp_path, monkeypatch):
     config = tmp_path / "agent.json"
     config.write_text(json.dumps({"wireguard_port": 51820, "stun_servers": [], "protocols": [], "lease": 3600,
                                   "timeout": 0.2, "description": "x", "state_file": str(tmp_path / "s.json")}))
-    result = run({"probe": True, "config": str(config), "agent_dir": str(AGENT_DIR)})
+    agent = tmp_path / "higgs-nat.pyz"   # as the role installs it
+    agent.write_bytes(program.build_zipapp(PROGRAMS, "higgs_nat", "higgs_nat.__main__:main"))
+    result = run({"probe": True, "config": str(config), "agent": str(agent)})
     state = result["ansible_facts"]["higgs_nat"]
     assert state["route"] in ("direct", "relay") and state["mapping"] is None and state["mapping_errors"] == []
     assert not (tmp_path / "s.json").exists()   # a probe writes nothing
 
 
 def test_probe_without_the_agent_says_so(tmp_path):
-    result = run({"probe": True, "agent_dir": str(tmp_path)})
+    result = run({"probe": True, "agent": str(tmp_path / "higgs-nat.pyz")})
     assert result["failed"] and "not installed" in result["msg"]
