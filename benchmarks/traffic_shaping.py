@@ -171,6 +171,7 @@ def main():
     parser.add_argument("--sizes", default="100,1000,10000")
     parser.add_argument("--keep", action="store_true", help="leave the container running")
     parser.add_argument("--throughput-only", action="store_true", help="skip the apply times")
+    parser.add_argument("--apply-only", action="store_true", help="skip the throughput figures")
     opts = parser.parse_args()
     sizes = [int(s) for s in opts.sizes.split(",")]
     start()
@@ -184,6 +185,8 @@ def main():
             print("%8d  %14.2f  %14.2f  %14.2f  %14.2f%s" % (
                 size, mod["first"], mod["again"], nai["first"], nai["again"],
                 "" if mod["changed"] == [True, False] else "  (module changed: %s)" % mod["changed"]), flush=True)
+        if opts.apply_only:
+            return
         big = max(sizes)
         print("\niperf3 through the veth pair, Gbit/s (download = towards the client, shaped on egress)")
         print("%-44s  %8s  %8s" % ("", "download", "upload"))

@@ -295,15 +295,23 @@ def _mode(path):
 def sidecar(params, devices, clients):
     """What the metrics collector reads: each client's class, addresses and filters, per device."""
     record = dict(interface=params["interface"], ifb=ifb_name(params), clients=[])
+    # each device's filters by the class they lead to: one pass, whatever the number of clients
+    by_class = {dev.name: {} for dev in devices}
+    for dev in devices:
+        for flt in dev.filters.values():
+            if flt.flowid:
+                by_class[dev.name].setdefault(flt.flowid, []).append(
+                    {"pref": flt.pref, "protocol": _tc.PROTO.get(flt.ver, "all"), "ht": flt.where})
     for client in clients:
         classid = "1:%x" % client["minor"]
-        filters = {dev.name: sorted(({"pref": f.pref, "protocol": _tc.PROTO.get(f.ver, "all"), "ht": f.where}
-                                     for f in dev.filters.values() if f.flowid == classid),
-                                    key=lambda f: (f["pref"], f["ht"]))
+        filters = {dev.name: sorted(by_class[dev.name].get(classid, []), key=lambda f: (f["pref"], f["ht"]))
                    for dev in devices}
         record["clients"].append(dict(name=client["name"], classid=classid,
                                       addresses=[str(n) for n in client["networks"]], filters=filters))
-    return json.dumps(record, indent=1, sort_keys=True) + "\n"
+    # one client per line, compact: the C encoder (an indent would take the pure-Python one, 10x slower)
+    rows = ",\n".join(json.dumps(c, sort_keys=True, separators=(",", ":")) for c in record["clients"])
+    return '{"ifb":%s,"interface":%s,"clients":[\n%s\n]}\n' % (
+        json.dumps(record["ifb"]), json.dumps(record["interface"]), rows)
 
 
 def persisted_texts(params, devices, clients):
