@@ -92,9 +92,9 @@ def build_zipapp(programs: Path, package: str, entry_point: str) -> bytes:
 def listing(data: bytes) -> str:
     """One line per entry (size and SHA-256), for diff mode."""
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
-        return "".join("%s %d %s\n" % (info.filename, info.file_size,
-                                        hashlib.sha256(archive.read(info)).hexdigest()[:16])
-                       for info in archive.infolist())
+        lines = ["%s %d %s\n" % (info.filename, info.file_size, hashlib.sha256(archive.read(info)).hexdigest()[:16])
+                 for info in archive.infolist()]
+    return "".join(lines)
 
 
 class ActionModule(ActionBase):

@@ -127,4 +127,3 @@ def test_an_unwritable_directory_is_logged_not_fatal(tmp_path, monkeypatch, capl
             fake.close()
     asyncio.run(scenario())
     assert any("cannot write" in r.getMessage() for r in caplog.records)
-

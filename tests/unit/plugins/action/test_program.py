@@ -149,8 +149,8 @@ def test_other_bytes_or_attributes_go_through_the_copy_action_once(difference):
     assert result["changed"] is True
     assert [copy["data"] for copy in action.copies] == [DATA]
     assert action.copies[0]["dest"] == "/usr/local/lib/higgs-vpn/"  # the copy module creates a missing directory
-    assert {key: action.copies[0][key] for key in ("owner", "group", "mode")} == {"owner": "root", "group": "root",
-                                                                               "mode": "0644"}
+    wanted = {"owner": "root", "group": "root", "mode": "0644"}
+    assert {key: action.copies[0][key] for key in ("owner", "group", "mode")} == wanted
     assert "higgs_vpn_metrics/collector.py" in result["diff"]["after"]
 
 
