@@ -34,11 +34,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 DOCKER = "/usr/bin/docker"
 HERE = Path(__file__).resolve().parent
 SUITES = ("bookworm", "trixie")
+LAYERS = ("fw", "nat")
 MIRROR = "http://deb.debian.org/debian"
 BASE_INCLUDE = "python3,iproute2,iptables,procps,systemd,systemd-sysv,dbus"
 LABEL = "io.higgs.lab"
@@ -138,10 +140,24 @@ def build_lab(suite: str, layer: str = "") -> None:
     )
 
 
-def build_images(suites: list[str]) -> None:
-    for suite in suites:
-        build_base(suite)
-        build_lab(suite)
+def build_suite(suite: str, layers: list[str]) -> None:
+    build_base(suite)
+    build_lab(suite)
+    with ThreadPoolExecutor(max(len(layers), 1)) as pool:
+        for done in [pool.submit(build_lab, suite, layer) for layer in layers]:
+            done.result()
+
+
+def build_images(suites: list[str], layers: list[str] = ()) -> None:
+    """Build what is missing or stale, the suites side by side (debootstrap and the builds wait mostly on
+    the mirror and dpkg, not the CPU). ``layers`` ("fw:bookworm") are built over their suite, after it."""
+    wanted = {suite: [] for suite in suites}
+    for spec in layers:
+        layer, _, suite = spec.partition(":")
+        wanted.setdefault(suite, []).append(layer)
+    with ThreadPoolExecutor(len(wanted)) as pool:
+        for done in [pool.submit(build_suite, suite, names) for suite, names in wanted.items()]:
+            done.result()
 
 
 def networks_of(scenario: str, platforms: list[dict]) -> dict[str, dict]:
@@ -203,7 +219,7 @@ def radvd_conf(plat: dict) -> str:
 def create(scenario: str, platforms: list[dict]) -> list[dict]:
     destroy(scenario, platforms)
     for image in sorted({p.get("lab_image", "") for p in platforms}):
-        for layer in ("fw", "nat"):
+        for layer in LAYERS:
             if image.startswith(f"higgs-lab-{layer}:"):
                 build_lab(image.split(":")[1], layer)
     for name, spec in networks_of(scenario, platforms).items():
@@ -310,6 +326,9 @@ def main() -> None:
     sub = parser.add_subparsers(dest="cmd", required=True)
     img = sub.add_parser("images", help="build the base and lab images that are missing or stale")
     img.add_argument("--suite", action="append", choices=SUITES)
+    img.add_argument("--layer", action="append", default=[],
+                     choices=[f"{layer}:{suite}" for layer in LAYERS for suite in SUITES],
+                     help="also build this layer (scenarios otherwise build theirs on first use)")
     for cmd in ("create", "destroy"):
         p = sub.add_parser(cmd)
         p.add_argument("--scenario", required=True)
@@ -317,7 +336,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ["PATH"] = "/usr/bin:/usr/sbin:" + os.environ.get("PATH", "")
     if args.cmd == "images":
-        build_images(args.suite or list(SUITES))
+        build_images(args.suite or list(SUITES), args.layer)
     elif args.cmd == "create":
         print(json.dumps(create(args.scenario, json.loads(args.platforms))))
     else:
