@@ -9,10 +9,10 @@ port, sender) and anything malformed is ignored.
 from __future__ import annotations
 
 import ipaddress
-import select
 import socket
 import struct
-import time
+
+from . import retransmit
 
 PORT = 5351
 OP_EXTERNAL = 0
@@ -23,8 +23,11 @@ RESULTS = {
 }
 
 
-class NatPmpError(Exception):
+class NatPmpError(retransmit.GatewayError):
     """The router refused (result code) or did not answer."""
+
+    protocol = "NAT-PMP"
+    results = RESULTS
 
 
 def external_request() -> bytes:
@@ -65,32 +68,9 @@ def parse(data: bytes, opcode: int, internal_port: int | None = None) -> dict:
 def transact(gateway: str, message: bytes, opcode: int, internal_port: int | None = None,
              timeout: float = 2.0, first_wait: float = 0.25) -> dict:
     """Send ``message`` to the gateway (retransmitted with doubling waits, RFC 6886 3.1)."""
-    deadline = time.monotonic() + timeout
-    wait = first_wait
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        while time.monotonic() < deadline:
-            sock.sendto(message, (gateway, PORT))
-            until = min(deadline, time.monotonic() + wait)
-            while True:
-                left = until - time.monotonic()
-                if left <= 0:
-                    break
-                ready, _, _ = select.select([sock], [], [], left)
-                if not ready:
-                    break
-                data, source = sock.recvfrom(64)
-                if source[0] != gateway or source[1] != PORT:
-                    continue
-                try:
-                    answer = parse(data, opcode, internal_port)
-                except ValueError:
-                    continue
-                if answer["result"] != 0:
-                    code = answer["result"]
-                    raise NatPmpError("NAT-PMP: %s (result %d)" % (RESULTS.get(code, "error"), code))
-                return answer
-            wait *= 2
-    raise NatPmpError("NAT-PMP: no answer from %s:%d" % (gateway, PORT))
+        return retransmit.exchange(sock, gateway, PORT, message, lambda data: parse(data, opcode, internal_port),
+                                   NatPmpError, 64, timeout, first_wait)
 
 
 def external_address(gateway: str, timeout: float = 2.0) -> str:

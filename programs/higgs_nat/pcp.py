@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import select
 import socket
 import struct
-import time
+
+from . import retransmit
 
 PORT = 5351
 VERSION = 2
@@ -33,8 +33,11 @@ RESULTS = {
 }
 
 
-class PcpError(Exception):
+class PcpError(retransmit.GatewayError):
     """The router refused (result code), does not speak PCP, or did not answer."""
+
+    protocol = "PCP"
+    results = RESULTS
 
 
 def _v4mapped(address: str) -> bytes:
@@ -86,37 +89,8 @@ def map_udp(gateway: str, nonce: bytes, internal_port: int, external_port: int, 
 
     Retransmitted with doubling waits (RFC 6887 8.1.1) until ``timeout``.
     """
-    deadline = time.monotonic() + timeout
-    wait = first_wait
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.connect((gateway, PORT))     # our source address goes into the request (the router checks it)
         message = map_request(sock.getsockname()[0], nonce, internal_port, external_port, lifetime)
-        while time.monotonic() < deadline:
-            try:
-                sock.send(message)
-            except ConnectionRefusedError:    # the ICMP port unreachable of an earlier send
-                raise PcpError("PCP: no PCP server on %s:%d" % (gateway, PORT)) from None
-            until = min(deadline, time.monotonic() + wait)
-            while True:
-                left = until - time.monotonic()
-                if left <= 0:
-                    break
-                ready, _, _ = select.select([sock], [], [], left)
-                if not ready:
-                    break
-                try:
-                    data, source = sock.recvfrom(MAX_ANSWER + 1)
-                except ConnectionRefusedError:    # ICMP port unreachable: nothing listens on 5351
-                    raise PcpError("PCP: no PCP server on %s:%d" % (gateway, PORT)) from None
-                if source[0] != gateway or source[1] != PORT:
-                    continue
-                try:
-                    answer = parse(data, nonce, internal_port)
-                except ValueError:
-                    continue
-                if answer["result"] != 0:
-                    code = answer["result"]
-                    raise PcpError("PCP: %s (result %d)" % (RESULTS.get(code, "error"), code))
-                return answer
-            wait *= 2
-    raise PcpError("PCP: no answer from %s:%d" % (gateway, PORT))
+        return retransmit.exchange(sock, gateway, PORT, message, lambda data: parse(data, nonce, internal_port),
+                                   PcpError, MAX_ANSWER + 1, timeout, first_wait)

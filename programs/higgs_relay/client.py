@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import contextlib
 import logging
 import re
@@ -22,7 +21,7 @@ import sys
 import time
 import uuid
 
-from higgs_relay import backoff, config, framing, metrics, rest, udp, wsio
+from higgs_relay import backoff, config, framing, metrics, rest, sendqueue, udp, wsio
 from higgs_relay.connector import run
 
 log = logging.getLogger("boson-client")
@@ -38,18 +37,16 @@ class Client:
         host, port = config.split_hostport(args.listen)
         self.sock = udp.open_socket(host, port, None, args.socket_buffer)
         self.peer = None
-        self.queue = collections.deque(maxlen=args.queue_size)
+        self.queue = sendqueue.SendQueue(self.loop, args.queue_size, self.metrics, lambda: self.ws, self.pack)
         self.ws = None
-        self.flush_pending = False
         self.stopping = asyncio.Event()
         self.loop.add_reader(self.sock.fileno(), self.from_wireguard)
 
     def from_wireguard(self):
         recv = self.sock.recvfrom
-        queue = self.queue
-        append = queue.append
+        batch = []
+        append = batch.append
         connected = self.ws is not None and self.ws.is_open
-        before = len(queue)
         got = size = 0
         peer = None
         try:
@@ -69,30 +66,16 @@ class Client:
         if not connected:
             m.drop("not_connected", got)
             return
-        overflow = before + got - queue.maxlen   # the deque dropped its oldest
-        if overflow > 0:
-            m.drop("queue_full", overflow)
-        if not self.flush_pending:
-            self.flush_pending = True
-            self.loop.call_soon(self.flush)
+        self.queue.extend(batch)
 
-    def flush(self):
-        self.flush_pending = False
-        ws = self.ws
-        queue = self.queue
-        if ws is None or not ws.is_open or ws.paused or not queue:
-            return
-        group = [queue.popleft() for _ in range(min(len(queue), 4096))]
+    def pack(self, group):
+        """The frames carrying ``group`` (datagrams), for the send queue."""
         frames, rejected = framing.pack(group, self.args.batch_max_count, self.args.batch_max_bytes,
                                         not self.args.no_batch)
         m = self.metrics
         m.drop("malformed", rejected)
         m.datagrams_to_relay += len(group) - rejected
-        m.frames_to_relay += len(frames)
-        m.bytes_to_relay += ws.send_binary_many(frames)
-        if queue and not ws.paused:
-            self.flush_pending = True
-            self.loop.call_soon(self.flush)
+        return frames
 
     def from_relay(self, data):
         m = self.metrics
@@ -139,7 +122,7 @@ class Client:
         ws = await wsio.connect(relay.ws + path, ssl_context=self.ssl, timeout=10,
                                 write_limit=self.args.write_buffer,
                                 headers={"Authorization": "Bearer " + token} if token else None)
-        ws.start(on_binary=self.from_relay, on_text=lambda text: None, on_drain=self.flush,
+        ws.start(on_binary=self.from_relay, on_text=lambda text: None, on_drain=self.queue.flush,
                  on_pong=lambda rtt: stats.__setitem__("rtt", rtt))
         self.ws = ws
         stats["connected"] = 1
@@ -158,8 +141,7 @@ class Client:
             stats["connected"] = 0
             self.ws = None
             ws.abort()
-            self.metrics.drop("not_connected", len(self.queue))
-            self.queue.clear()
+            self.queue.discard()
         return time.monotonic() - since
 
     async def keep(self):

@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 
-from . import __version__, backoff, config, framing, metrics, rest, udp
+from . import __version__, backoff, config, framing, metrics, rest, sendqueue, udp
 
 log = logging.getLogger("higgs-relay")
 
@@ -86,9 +86,8 @@ class Link:
         self.token = ""
         self.expires = 0.0
         self.registered_at = 0.0
-        self.queue = collections.deque(maxlen=self.cfg.queue_size)
+        self.queue = sendqueue.SendQueue(self.loop, self.cfg.queue_size, self.m, lambda: self.ws, self.pack)
         self.sessions = {}
-        self.flush_pending = False
         self.seen_in = 0
         self.ready = None
         self.pause = None           # the Backoff of the supervisor keeping this link (set by Daemon.keep)
@@ -273,7 +272,7 @@ class Link:
         self.seen_in = 0
         self.ready = self.loop.create_future()
         self.version = 0
-        ws.start(on_binary=self.from_relay, on_text=self.control, on_pong=self.pong, on_drain=self.schedule_flush)
+        ws.start(on_binary=self.from_relay, on_text=self.control, on_pong=self.pong, on_drain=self.queue.schedule)
         try:
             try:
                 async with asyncio.timeout(self.cfg.connect_timeout):
@@ -302,11 +301,7 @@ class Link:
             self.stats["rtt"] = float("nan")
             ws.abort()
             self.ws = None
-            dropped = len(self.queue)
-            if dropped:
-                self.m.drop("not_connected", dropped)
-                self.queue.clear()
-                self.m.queue_depth = 0
+            self.queue.discard()
 
     def control(self, text):
         try:
@@ -534,14 +529,14 @@ class Link:
         m.wireguard_bytes_from_relay += size
 
     def from_wireguard(self, session):
-        queue = self.queue
         recv = session.sock.recv
         sid = session.sid
         connected = self.ws is not None and self.ws.is_open
         if connected and self.version == 1:
             self.no_return_path(session)
             return
-        before = len(queue)
+        batch = []
+        append = batch.append
         count = size = 0
         try:
             for _ in range(self.cfg.burst):
@@ -549,7 +544,7 @@ class Link:
                 count += 1
                 size += len(data)
                 if connected:
-                    queue.append((sid, data))
+                    append((sid, data))
         except (BlockingIOError, InterruptedError):
             pass
         except OSError as exc:
@@ -563,10 +558,7 @@ class Link:
         if not connected:
             m.drop("not_connected", count)
             return
-        overflow = before + count - queue.maxlen   # the deque dropped its oldest
-        if overflow > 0:
-            m.drop("queue_full", overflow)
-        self.schedule_flush()
+        self.queue.extend(batch)
 
     def no_return_path(self, session):
         """Protocol 1 (reference server): it drops node-to-client frames (after a database query each).
@@ -590,28 +582,14 @@ class Link:
                             " answers are dropped here (counted as no_return_path); use a protocol-2 relay for"
                             " traffic", self.relay.name)
 
-    def schedule_flush(self):
-        if not self.flush_pending:
-            self.flush_pending = True
-            self.loop.call_soon(self.flush)
-
-    def flush(self):
-        self.flush_pending = False
-        ws = self.ws
-        queue = self.queue
-        m = self.m
-        if ws is None or not ws.is_open or ws.paused or not queue:
-            m.queue_depth = len(queue)
-            return
+    def pack(self, items):
+        """The frames carrying ``items`` ((session id, datagram)), for the send queue: a run of one session's
+        datagrams goes into its batches, tagged with the session id on protocol 2."""
         tagged = self.version == 2
         frames = []
         group = []
         current = None
-        popleft = queue.popleft
-        taken = 0
-        while queue and taken < 4096:
-            sid, data = popleft()
-            taken += 1
+        for sid, data in items:
             if sid != current and group:
                 self._pack(current, group, frames, tagged)
                 group = []
@@ -619,11 +597,7 @@ class Link:
             group.append(data)
         if group:
             self._pack(current, group, frames, tagged)
-        m.bytes_to_relay += ws.send_binary_many(frames)
-        m.frames_to_relay += len(frames)
-        m.queue_depth = len(queue)
-        if queue and not ws.paused:
-            self.schedule_flush()
+        return frames
 
     def _pack(self, sid, group, frames, tagged):
         cfg = self.cfg

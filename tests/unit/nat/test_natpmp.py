@@ -5,60 +5,28 @@ from __future__ import annotations
 
 import socket
 import struct
-import threading
 
 import pytest
 from higgs_nat import natpmp
 
 
-class FakeGateway:
-    def __init__(self, result=0, silent=False):
-        self.result, self.silent = result, silent
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.stranger.bind(("127.0.0.1", 0))
-        self.requests = []
-        self.stop = False
-        self.thread = threading.Thread(target=self.serve, daemon=True)
-        self.thread.start()
-
-    def serve(self):
-        self.sock.settimeout(0.05)
-        while not self.stop:
-            try:
-                data, source = self.sock.recvfrom(64)
-            except TimeoutError:
-                continue
-            self.requests.append(data)
-            if self.silent:
-                continue
-            op = data[1]
-            head = struct.pack("!BBHI", 0, 128 + op, self.result, 1000)
-            if op == natpmp.OP_EXTERNAL:
-                body = socket.inet_aton("198.51.100.7")
-            else:
-                _, _, _, internal, external, lifetime = struct.unpack("!BBHHHI", data)
-                body = struct.pack("!HHI", internal, external or 40000, lifetime)
-                self.sock.sendto(head + struct.pack("!HHI", internal + 1, 1, 1), source)   # another port's
-            self.stranger.sendto(head + body, source)      # right shape, wrong sender
-            self.sock.sendto(b"\x00\x81\x00", source)      # truncated
-            self.sock.sendto(head + body, source)
-
-    def close(self):
-        self.stop = True
-        self.thread.join()
-        self.sock.close()
-        self.stranger.close()
+def respond(gateway, data, source):
+    op = data[1]
+    head = struct.pack("!BBHI", 0, 128 + op, gateway.result, 1000)
+    if op == natpmp.OP_EXTERNAL:
+        body = socket.inet_aton("198.51.100.7")
+    else:
+        _, _, _, internal, external, lifetime = struct.unpack("!BBHHHI", data)
+        body = struct.pack("!HHI", internal, external or 40000, lifetime)
+        gateway.sock.sendto(head + struct.pack("!HHI", internal + 1, 1, 1), source)   # another port's
+    gateway.stranger.sendto(head + body, source)      # right shape, wrong sender
+    gateway.sock.sendto(b"\x00\x81\x00", source)      # truncated
+    gateway.sock.sendto(head + body, source)
 
 
 @pytest.fixture
-def gateway(monkeypatch, request):
-    fake = FakeGateway(**getattr(request, "param", {}))
-    monkeypatch.setattr(natpmp, "PORT", fake.port)
-    yield fake
-    fake.close()
+def protocol():
+    return natpmp, respond
 
 
 def test_external_address(gateway):

@@ -9,7 +9,6 @@ import random
 import re
 import socket
 import struct
-import threading
 
 import pytest
 from higgs_nat import __main__ as agent
@@ -25,58 +24,26 @@ def answer(nonce=NONCE, internal=51820, external=51820, address="198.51.100.7", 
                           ipaddress.IPv6Address("::ffff:" + address).packed))
 
 
-class FakeGateway:
-    """Answers each MAP with junk first (unless ``clean``), then ``reply(request)`` or nothing (``silent``)."""
-
-    def __init__(self, result=0, silent=False, natpmp_only=False):
-        self.result, self.silent, self.natpmp_only = result, silent, natpmp_only
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.stranger.bind(("127.0.0.1", 0))
-        self.requests = []
-        self.stop = False
-        self.thread = threading.Thread(target=self.serve, daemon=True)
-        self.thread.start()
-
-    def serve(self):
-        self.sock.settimeout(0.05)
-        while not self.stop:
-            try:
-                data, source = self.sock.recvfrom(2000)
-            except TimeoutError:
-                continue
-            self.requests.append(data)
-            if self.silent:
-                continue
-            if self.natpmp_only:   # a NAT-PMP router: version 0, "unsupported version" (RFC 6887 9)
-                self.sock.sendto(struct.pack("!BBHI", 0, 0x81, 1, 7), source)
-                continue
-            nonce, _, _, internal, external, _ = struct.unpack("!12sB3sHH16s", data[24:60])
-            lifetime = struct.unpack("!I", data[4:8])[0]
-            good = answer(nonce, internal, external or 40000, result=self.result, lifetime=lifetime)
-            self.stranger.sendto(good, source)                                   # right shape, wrong sender
-            self.sock.sendto(good[:30], source)                                  # truncated
-            self.sock.sendto(b"\xff" * 60, source)                               # junk
-            self.sock.sendto(answer(bytes(12), internal, external, lifetime=lifetime), source)   # another nonce
-            self.sock.sendto(answer(nonce, internal + 1, external, lifetime=lifetime), source)   # another port
-            self.sock.sendto(answer(nonce, internal, external, protocol=6, lifetime=lifetime), source)  # TCP
-            self.sock.sendto(good, source)
-
-    def close(self):
-        self.stop = True
-        self.thread.join()
-        self.sock.close()
-        self.stranger.close()
+def respond(gateway, data, source):
+    """Junk and answers to other requests first, then the answer (``natpmp_only``: a NAT-PMP router's)."""
+    if gateway.options.get("natpmp_only"):   # a NAT-PMP router: version 0, "unsupported version" (RFC 6887 9)
+        gateway.sock.sendto(struct.pack("!BBHI", 0, 0x81, 1, 7), source)
+        return
+    nonce, _, _, internal, external, _ = struct.unpack("!12sB3sHH16s", data[24:60])
+    lifetime = struct.unpack("!I", data[4:8])[0]
+    good = answer(nonce, internal, external or 40000, result=gateway.result, lifetime=lifetime)
+    gateway.stranger.sendto(good, source)                                   # right shape, wrong sender
+    gateway.sock.sendto(good[:30], source)                                  # truncated
+    gateway.sock.sendto(b"\xff" * 60, source)                               # junk
+    gateway.sock.sendto(answer(bytes(12), internal, external, lifetime=lifetime), source)   # another nonce
+    gateway.sock.sendto(answer(nonce, internal + 1, external, lifetime=lifetime), source)   # another port
+    gateway.sock.sendto(answer(nonce, internal, external, protocol=6, lifetime=lifetime), source)  # TCP
+    gateway.sock.sendto(good, source)
 
 
 @pytest.fixture
-def gateway(monkeypatch, request):
-    fake = FakeGateway(**getattr(request, "param", {}))
-    monkeypatch.setattr(pcp, "PORT", fake.port)
-    yield fake
-    fake.close()
+def protocol():
+    return pcp, respond
 
 
 def test_map_request_format():

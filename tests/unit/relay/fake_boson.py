@@ -20,6 +20,17 @@ import time
 from higgs_relay import framing, wsio
 
 NUMBER = (int, float)
+KEY = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="   # a node's WireGuard public key
+
+
+def registration(node_id, max_connections):
+    """A registration body of the reference's shape (POST /api/v1/nodes/register)."""
+    return {"nodeId": node_id, "publicKey": KEY,
+            "networkInfo": {"ipv4": "192.0.2.1", "ipv6": None, "natType": "Symmetric", "stunMappedAddress": None,
+                            "localPort": 51820},
+            "capabilities": {"maxConnections": max_connections, "bandwidth": {"up": 10, "down": 10},
+                             "routing": True, "natting": True},
+            "location": {"country": "DE", "region": "lab", "coordinates": [52.5, 13.4]}}
 
 
 def reference_metrics_problem(body):

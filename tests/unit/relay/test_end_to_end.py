@@ -24,10 +24,11 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[3]
 pytest.importorskip("websockets")
+from fake_boson import KEY, registration
 
-KEY = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
+ROOT = Path(__file__).resolve().parents[3]
+
 TOKEN = "test-registration-token-0123456789"   # the relays' registration token (--auth-token-file)
 
 
@@ -221,19 +222,10 @@ def _post(url, body, token=""):
         return exc.code
 
 
-def registration(node_id):
-    """A registration body of the reference's shape."""
-    return {"nodeId": node_id, "publicKey": KEY,
-            "networkInfo": {"ipv4": "192.0.2.1", "ipv6": None, "natType": "Symmetric", "stunMappedAddress": None,
-                            "localPort": 51820},
-            "capabilities": {"maxConnections": 16, "bandwidth": {"up": 10, "down": 10}, "routing": True,
-                             "natting": True},
-            "location": {"country": "DE", "region": "lab", "coordinates": [52.5, 13.4]}}
-
-
 def _register(base, node_id):
     """Register ``node_id`` with the registration token; returns the node token."""
-    request = urllib.request.Request(base + "/api/v1/nodes/register", data=json.dumps(registration(node_id)).encode(),
+    body = json.dumps(registration(node_id, 16)).encode()
+    request = urllib.request.Request(base + "/api/v1/nodes/register", data=body,
                                      method="POST", headers={"Content-Type": "application/json",
                                                              "Authorization": "Bearer " + TOKEN})
     with urllib.request.urlopen(request, timeout=2) as answer:

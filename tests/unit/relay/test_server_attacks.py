@@ -20,12 +20,12 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("websockets.sync.client")
+from fake_boson import registration
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 ROOT = Path(__file__).resolve().parents[3]
 TOKEN = "attack-test-registration-token"
-KEY = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
 
 
 def _free_port():
@@ -70,7 +70,7 @@ class Relay:
         return int(head.split()[1]), head.decode(), content
 
     def register(self, node_id, token=TOKEN):
-        status, _, content = self.request("POST", "/api/v1/nodes/register", registration(node_id), token)
+        status, _, content = self.request("POST", "/api/v1/nodes/register", registration(node_id, 256), token)
         assert status in (200, 201), content   # (the status is tested in test_server_validation)
         return json.loads(content)["sessionToken"]
 
@@ -109,15 +109,6 @@ def _read_all(sock):
             break
         chunks.append(data)
     return b"".join(chunks)
-
-
-def registration(node_id):
-    return {"nodeId": node_id, "publicKey": KEY,
-            "networkInfo": {"ipv4": "192.0.2.1", "ipv6": None, "natType": "Symmetric", "stunMappedAddress": None,
-                            "localPort": 51820},
-            "capabilities": {"maxConnections": 256, "bandwidth": {"up": 10, "down": 10}, "routing": True,
-                             "natting": True},
-            "location": {"country": "DE", "region": "lab", "coordinates": [52.5, 13.4]}}
 
 
 @pytest.fixture
@@ -310,7 +301,7 @@ def test_junk_requests_do_not_spend_a_nodes_budget(relay):
     node_id = str(uuid.uuid4())
     for _ in range(5):
         relay.request("POST", "/api/v1/nodes/%s/heartbeat" % node_id, {}, "junk")
-        relay.request("POST", "/api/v1/nodes/register", registration(node_id), "junk")
+        relay.request("POST", "/api/v1/nodes/register", registration(node_id, 256), "junk")
     token = relay.register(node_id)   # the real node is not rate-limited by them
     assert relay.request("POST", "/api/v1/nodes/%s/heartbeat" % node_id, {}, token)[0] == 200
 
@@ -365,7 +356,7 @@ def test_fuzzed_requests_leave_the_relay_healthy(relay):
     rng = random.Random(12)
     good = (b"POST /api/v1/nodes/register HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode()
             + b"\r\nContent-Length: %d\r\n\r\n")
-    body = json.dumps(registration(str(uuid.uuid4()))).encode()
+    body = json.dumps(registration(str(uuid.uuid4()), 256)).encode()
     for index in range(300):
         sample = bytearray(good % len(body) + body)
         for _ in range(rng.randint(1, 8)):
