@@ -151,12 +151,18 @@ class Filter:
         self.pref, self.ver, self.where, self.qdisc = pref, ver, where, qdisc
         self.keys, self.flowid, self.link = keys or [], flowid, link
         self.hashkey, self.divisor, self.redirect = hashkey, divisor, redirect
+        self._identity = None
 
     @property
     def is_table(self):
         return self.divisor is not None
 
     def identity(self):
+        if self._identity is None:
+            self._identity = self._describe()
+        return self._identity
+
+    def _describe(self):
         head = "pref %d %s" % (self.pref, PROTO.get(self.ver, "all"))
         if self.qdisc != ROOT:
             head = "qdisc %s %s" % (self.qdisc, head)
@@ -661,9 +667,9 @@ def diff(live, desired):
         if key.startswith("parent ") and key not in desired.qdiscs and parent in desired.classes \
                 and parent in live_classes and parent not in deleted and parent not in added:
             dels.append(["qdisc", "del", "dev", dev, "parent", parent])
-    missing = [desired.filters[k] for k in desired.filters
-               if k not in live_filters or _filter_qdisc(k) in gone_groups]
-    for flt in sorted(missing, key=lambda f: (f.depth(), f.identity())):
+    missing = [(flt.depth(), k, flt) for k, flt in desired.filters.items()
+               if k not in live_filters or (gone_groups and _filter_qdisc(k) in gone_groups)]
+    for _depth, _k, flt in sorted(missing, key=lambda m: m[:2]):
         adds.append(flt.add_args(dev, "ffff:" if flt.redirect else flt.qdisc))
     return [batch_line(a) for a in dels + adds + late_inner + late]
 
