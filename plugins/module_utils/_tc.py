@@ -13,7 +13,8 @@ tunnel itself (download: traffic towards the clients leaves through it) and an
   below 0x8000, kept across runs) belongs to group ``g = (m - 0x10) // 250``,
   so adding a client never moves another. Group ``g`` is class ``1:<G>``
   (``G = 0x8000 + g``) under ``1:1`` holding a child ``htb`` qdisc ``<G>:``,
-  in which the client's class ``<G>:<m>`` (ceil: the client's rate) has a leaf
+  whose class ``<G>:1`` (the cap: a class at the top of a qdisc cannot borrow)
+  holds the client's class ``<G>:<m>`` (ceil: the client's rate) with a leaf
   qdisc ``<m>:``. The kernel walks every class of a qdisc for each class
   added to it: groups keep that walk short, so building the tree grows
   linearly with the number of clients instead of quadratically;
@@ -53,6 +54,7 @@ FIRST_CLIENT_MINOR = 0x10
 LAST_CLIENT_MINOR = 0x7FFF
 GROUP_BASE = 0x8000
 GROUP_SIZE = 250
+GROUP_TOP_MINOR = 1
 QUANTUM = 1514
 PREF = {("interactive", 4): 1, ("interactive", 6): 2, ("clients", 4): 10, ("clients", 6): 11}
 PROTO = {4: "ip", 6: "ipv6"}
@@ -366,14 +368,17 @@ def plan(spec):
             groups.setdefault(group_major(client["minor"]), []).append(client)
         entries = {4: [], 6: []}
         for major, members in sorted(groups.items()):
-            group, qdisc = "1:%x" % major, "%x:" % major
+            group, qdisc, top = "1:%x" % major, "%x:" % major, "%x:%x" % (major, GROUP_TOP_MINOR)
+            # a class at the top of an htb qdisc cannot borrow: the clients borrow
+            # from the group's top class, up to the cap the group class enforces
+            add_class(device, top, qdisc, cap, cap)
             rates = []
             inner = {4: [], 6: []}
             for client in members:
                 ceil = min(client[direction] or cap, cap)
                 rates.append(min(guaranteed, ceil))
                 classid = client_classid(client["minor"])
-                add_class(device, classid, qdisc, rates[-1], ceil, prio=1, leaf=client["minor"])
+                add_class(device, classid, top, rates[-1], ceil, prio=1, leaf=client["minor"])
                 for net in client["networks"]:
                     entries[net.version].append((net, group))
                     inner[net.version].append((net, classid))

@@ -62,7 +62,7 @@ def many(count, first=0):
 
 def test_live_listing_equals_its_desired_state():
     live = live_sample()
-    assert live.classes["8000:10"][0].startswith("parent 8000: "), "a class at the top of a group qdisc"
+    assert live.classes["8000:1"][0].startswith("parent 8000: "), "a class at the top of a group qdisc"
     assert any(k.startswith("qdisc 8000: pref 10 ip in 10:3 ") for k in live.filters), "the group's filters are read"
     (tunnel, _ifb), minors = planned(spec_of(), live)
     assert minors == SAMPLE["minors"], "each client keeps the class its addresses are classified to"
@@ -82,7 +82,7 @@ def test_adding_a_client_only_adds():
     assert not [line for line in batch if " del " in line]
     assert batch[0] == "class change dev wg0 parent 1:1 classid 1:8000 htb rate 5625000bit ceil 30000000bit " \
                        "quantum 4542 prio 1", "the group's guarantee and share grow with it"
-    assert "class add dev wg0 parent 8000: classid 8000:12 htb rate 1875000bit ceil 30000000bit quantum 1514 prio 1" \
+    assert "class add dev wg0 parent 8000:1 classid 8000:12 htb rate 1875000bit ceil 30000000bit quantum 1514 prio 1" \
         in batch
     assert any(line.startswith("filter add dev wg0 parent 1: prio 10 protocol ip handle 165: u32 divisor 256")
                for line in batch), batch
@@ -96,7 +96,7 @@ def test_changing_a_rate_is_one_class_change():
     clients = [dict(c, down=12_000_000) if c["name"] == "a" else c for c in SPEC["clients"]]
     (tunnel, _ifb), _minors = planned(spec_of(clients), live)
     assert _tc.diff(live, tunnel) == [
-        "class change dev wg0 parent 8000: classid 8000:11 htb rate 1875000bit ceil 12000000bit quantum 1514 prio 1"]
+        "class change dev wg0 parent 8000:1 classid 8000:11 htb rate 1875000bit ceil 12000000bit quantum 1514 prio 1"]
 
 
 def test_removing_a_client_deletes_its_filters_first_and_its_class_last():
@@ -119,8 +119,10 @@ def test_no_qdisc_holds_more_than_a_group_of_classes():
             qdisc = parent.split(":")[0] + ":"
             per_qdisc[qdisc] = per_qdisc.get(qdisc, 0) + 1
     assert max(per_qdisc.values()) <= 250 + 1
-    assert sum(per_qdisc.values()) == 1000 + 2 + 4
+    assert sum(per_qdisc.values()) == 1000 + 2 + 4 + 4, "clients, 1:1, 1:2, group classes, their top classes"
     assert sorted(per_qdisc)[-1] == "8003:"
+    # a class at the top of an htb qdisc cannot borrow: every class that may go above its rate has a parent class
+    assert all(not args[5].endswith(":") for ident, args in tunnel.classes.values() if " prio " in ident)
 
 
 def test_groups_are_stable_when_clients_come_and_go():
@@ -159,7 +161,7 @@ def test_the_flat_tree_of_earlier_versions_is_rebuilt():
     assert minors == FLAT["minors"], "clients keep their numbers"
     batch = _tc.diff(live, tunnel)
     assert batch[:2] == ["qdisc del dev wg0 root", "qdisc add dev wg0 root handle 1: htb default 2"]
-    assert "class add dev wg0 parent 8000: classid 8000:10 htb rate 1875000bit ceil 20000000bit quantum 1514 prio 1" \
+    assert "class add dev wg0 parent 8000:1 classid 8000:10 htb rate 1875000bit ceil 20000000bit quantum 1514 prio 1" \
         in batch
     assert not [line for line in batch if "ingress" in line or "ffff:" in line], "the redirect stays"
     order = [line for line in batch if line.startswith(("class add", "qdisc add"))]
