@@ -16,8 +16,9 @@ tunnel itself (download: traffic towards the clients leaves through it) and an
   whose class ``<G>:1`` (the cap: a class at the top of a qdisc cannot borrow)
   holds the client's class ``<G>:<m>`` (ceil: the client's rate) with a leaf
   qdisc ``<m>:``. The kernel walks every class of a qdisc for each class
-  added to it: groups keep that walk short, so building the tree grows
-  linearly with the number of clients instead of quadratically;
+  added to it: groups keep that walk short (what still grows with every
+  class is the kernel's: its list of all blocks for indirect offload and the
+  16 buckets of a device's qdisc hash);
 * ``u32`` filters that find a client's class in constant time, whatever the
   number of clients: on ``1:`` a filter hashes the second-to-last byte of the
   address into table ``0x10`` (IPv4) / ``0x11`` (IPv6), whose buckets link to
