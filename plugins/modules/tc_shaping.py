@@ -20,7 +20,7 @@ description:
     the cap leaves over equally (same quantum).
   - Clients are kept in groups of at most 250, each a class C(1:<G>) (C(G) from C(8000))
     holding a child C(htb) qdisc C(<G>:) whose class C(<G>:1) holds the clients' classes
-    C(<G>:<m>): the kernel walks all classes of a qdisc for every class added to it, and
+    C(<G>:<m>). The kernel walks all classes of a qdisc for every class added to it;
     groups keep that walk short. A client keeps its number, hence its
     group and class, across runs; at most 32752 clients per interface.
   - A tree of an earlier version (every client class under C(1:1)) is rebuilt once.
