@@ -35,6 +35,9 @@ from pathlib import Path
 from higgs_lab import fleet, lab
 
 ROOT = Path(__file__).resolve().parents[1]
+# this checkout's lab inventory (higgs_lab.fleet.INVENTORY is the one of the checkout the
+# lab package is installed from, which need not be this one)
+INVENTORY = ROOT / "inventory" / "lab" / "hosts.yml"
 
 ENV = dict(
     os.environ,
@@ -133,7 +136,7 @@ def main() -> None:
         for strategy, extra in envs.items():
             plats = fleet.platforms(count)
             lab.create(fleet.SCENARIO, plats)
-            fleet.INVENTORY.write_text(fleet.inventory(plats))
+            INVENTORY.write_text(fleet.inventory(plats))
             try:
                 site("relays.yml")  # the fleet's relay, which the nodes' connectors register with; not timed
                 first = site(extra=extra)
@@ -143,7 +146,7 @@ def main() -> None:
                 continue
             finally:
                 lab.destroy(fleet.SCENARIO, plats)
-                fleet.INVENTORY.unlink(missing_ok=True)
+                INVENTORY.unlink(missing_ok=True)
             print(f"{strategy:>8} {count:>5} {first['wall']:>7.1f}s {per_node(first):>10} {first['changed']:>7}"
                   f" {again['wall']:>8.1f}s {per_node(again):>10} {again['changed']:>7}"
                   f" {again['wall'] / first['wall']:>5.2f}", flush=True)
