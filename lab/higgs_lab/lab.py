@@ -144,20 +144,18 @@ def build_suite(suite: str, layers: list[str]) -> None:
     build_base(suite)
     build_lab(suite)
     with ThreadPoolExecutor(max(len(layers), 1)) as pool:
-        for done in [pool.submit(build_lab, suite, layer) for layer in layers]:
-            done.result()
+        list(pool.map(build_lab, [suite] * len(layers), layers))   # list(): a build's error is raised here
 
 
-def build_images(suites: list[str], layers: list[str] = ()) -> None:
+def build_images(suites: list[str], layers: list[str] | None = None) -> None:
     """Build what is missing or stale, the suites side by side (debootstrap and the builds wait mostly on
     the mirror and dpkg, not the CPU). ``layers`` ("fw:bookworm") are built over their suite, after it."""
     wanted = {suite: [] for suite in suites}
-    for spec in layers:
+    for spec in layers or []:
         layer, _, suite = spec.partition(":")
         wanted.setdefault(suite, []).append(layer)
     with ThreadPoolExecutor(len(wanted)) as pool:
-        for done in [pool.submit(build_suite, suite, names) for suite, names in wanted.items()]:
-            done.result()
+        list(pool.map(build_suite, wanted, wanted.values()))
 
 
 def networks_of(scenario: str, platforms: list[dict]) -> dict[str, dict]:
