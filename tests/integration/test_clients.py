@@ -44,14 +44,15 @@ while True:
 """
 
 
-def mbit(port: int, source: str, reverse: bool = True) -> float:
-    """Mbit/s received in a 5-second iperf3 run from ``source`` (download with ``reverse``)."""
+def mbit(port: int, source: str, reverse: bool = True) -> tuple[float, int]:
+    """(Mbit/s received, sender's retransmits) of a 5-second iperf3 run from ``source`` (download with ``reverse``)."""
     argv = "iperf3 --client %s --port %d --bind %s --time 5 --omit 1 --json%s" % (
         SERVER, port, source, " --reverse" if reverse else "")
     for _ in range(3):  # iperf3 3.12 now and then exits 0 without its report
         run = on(CLIENT, argv, check=False)
         if run.returncode == 0 and '"sum_received"' in run.stdout:
-            return json.loads(run.stdout)["end"]["sum_received"]["bits_per_second"] / 1e6
+            end = json.loads(run.stdout)["end"]
+            return end["sum_received"]["bits_per_second"] / 1e6, end["sum_sent"].get("retransmits", 0)
         time.sleep(2)
     pytest.fail("iperf3 from %s: %s" % (source, run.stdout[-500:] + run.stderr[-500:]))
 
@@ -64,10 +65,19 @@ def metrics() -> str:
     return on(INET, "curl -s --max-time 3 http://10.40.0.11:9100/metrics", check=False).stdout
 
 
-def within(measured: float, rate: str) -> bool:
+def within(port: int, source: str, rate: str, reverse: bool = True) -> bool:
+    """Whether ``source``'s rate measures within 10 % of ``rate``, in one of at most three runs.
+
+    One run now and then falls short on a busy machine (16.2 of 20 Mbit/s once in CI, where every
+    other run measured 19-19.3): a transient, where a wrong limit is wrong in every run.
+    """
     want = float(rate.removesuffix("mbit"))
-    print("measured %.1f Mbit/s, limit %s" % (measured, rate))
-    return 0.9 * want <= measured <= 1.1 * want
+    for _ in range(3):
+        measured, retransmits = mbit(port, source, reverse)
+        print("measured %.1f Mbit/s (%d retransmits), limit %s" % (measured, retransmits, rate))
+        if 0.9 * want <= measured <= 1.1 * want:
+            return True
+    return False
 
 
 def clients_run(clients: list[dict], tmp_path: Path, again: bool = False) -> None:
@@ -103,9 +113,9 @@ def tunnels(tmp_path_factory):
 
 def test_each_client_gets_its_own_limits(tunnels):
     client, psk = tunnels
-    assert within(mbit(5201, client), RATES["lab-client"]["rate_down"])
-    assert within(mbit(5201, client, reverse=False), RATES["lab-client"]["rate_up"])
-    assert within(mbit(5202, psk), RATES["lab-psk"]["rate_down"])
+    assert within(5201, client, RATES["lab-client"]["rate_down"])
+    assert within(5201, client, RATES["lab-client"]["rate_up"], reverse=False)
+    assert within(5202, psk, RATES["lab-psk"]["rate_down"])
     held = RATES["lab-client"]["max_connections"]
     for _ in range(held):
         on(CLIENT, "setsid -f timeout 12 nc -s %s %s 7000 </dev/null >/dev/null 2>&1" % (client, SERVER))
@@ -127,7 +137,7 @@ def test_clients_playbook_changes_a_rate_and_revokes_a_client(tunnels, tmp_path)
     client, psk = tunnels
     slower = [dict(c, rate_down="12mbit") if c["name"] == "lab-client" else c for c in CLIENTS]
     clients_run(slower, tmp_path)
-    assert within(mbit(5201, client), "12mbit")
+    assert within(5201, client, "12mbit")
     # lab-client's traffic runs all through the revocation of lab-psk
     on(CLIENT, "rm -f /tmp/ping.log; setsid -f sh -c 'ping -I %s -i 0.2 -c 600 %s >/tmp/ping.log 2>&1'"
        % (client, SERVER))

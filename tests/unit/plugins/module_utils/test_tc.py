@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,43 @@ def test_live_listing_equals_its_desired_state():
     assert _tc.diff(live, tunnel) == []
 
 
+def test_the_listing_of_iproute2_6_14_equals_its_desired_state():
+    """trixie's tc prints "burst 3045b/1mpu 0b" (no space before mpu)."""
+    classes = SAMPLE["classes"].replace("/1 mpu", "/1mpu")
+    assert "/1mpu" in classes
+    live = _tc.live_device("wg0", SAMPLE["qdiscs"], classes, SAMPLE["filters"], SAMPLE["ingress_filters"])
+    (tunnel, _ifb), _minors = planned(spec_of(SAMPLE), live)
+    assert _tc.diff(live, tunnel) == []
+
+
+def test_classes_of_earlier_versions_get_their_buckets_in_place():
+    """Classes made with tc's default bucket (one packet) are changed, not rebuilt."""
+    classes = re.sub(r"burst \S+ mpu 0b cburst \S+", "burst 1599b/1 mpu 0b cburst 1593b/1", SAMPLE["classes"])
+    live = _tc.live_device("wg0", SAMPLE["qdiscs"], classes, SAMPLE["filters"], SAMPLE["ingress_filters"])
+    (tunnel, _ifb), _minors = planned(spec_of(SAMPLE), live)
+    batch = _tc.diff(live, tunnel)
+    assert sorted(line.split()[7] for line in batch) == ["1:1", "1:10", "1:11", "1:2"], batch
+    assert all(line.startswith("class change dev wg0 ") for line in batch), batch
+    assert "class change dev wg0 parent 1:1 classid 1:10 htb rate 1875000bit ceil 20000000bit" \
+        " burst 3046b cburst 25000b quantum 1514 prio 1" in batch
+
+
+@pytest.mark.parametrize("bits, size, shown", [
+    (20_000_000, 25_000, "10ms"),        # 10 ms at the rate
+    (1_875_000, 3_046, "13ms"),          # two full packets are more than 10 ms
+    (8_000, 3_028, "3028ms"),            # the smallest rate
+    (10 ** 13, 10 ** 9, "1ms"),          # tc reads a burst into 32 bits
+])
+def test_a_bucket_holds_ten_milliseconds_and_two_packets(bits, size, shown):
+    assert _tc.burst_bytes(bits) == size
+    assert _tc.burst_text(size, bits) == shown
+
+
+@pytest.mark.parametrize("text, size", [("3045b/1", 3045), ("25Kb", 25600), ("1.5Mb/8", 1572864), ("", 0)])
+def test_sizes_as_tc_prints_them(text, size):
+    assert _tc.parse_size(text) == size
+
+
 def test_adding_a_client_only_adds():
     live = live_sample()
     clients = [*SAMPLE["spec"]["clients"], {"name": "c", "addresses": ["10.44.101.9/32"], "down": None, "up": None}]
@@ -62,7 +100,8 @@ def test_adding_a_client_only_adds():
     batch = _tc.diff(live, tunnel)
     assert minors["c"] == 0x12
     assert not [line for line in batch if " del " in line]
-    assert "class add dev wg0 parent 1:1 classid 1:12 htb rate 1875000bit ceil 30000000bit quantum 1514 prio 1" in batch
+    assert ("class add dev wg0 parent 1:1 classid 1:12 htb rate 1875000bit ceil 30000000bit"
+            " burst 3046b cburst 37500b quantum 1514 prio 1") in batch
     assert any(line.startswith("filter add dev wg0 parent 1: prio 10 protocol ip handle 165: u32 divisor 256")
                for line in batch), batch
     assert any("ht 165:9: match u32 0x0a2c6509 0xffffffff at 16 flowid 1:12" in line for line in batch), batch
