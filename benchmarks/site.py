@@ -61,8 +61,10 @@ def mitogen_env() -> dict[str, str]:
                          "PYTHONPATH=/tmp/mitogen)")
     where, version, core = probe.stdout.split()
     plugins = Path(where).parent / "plugins" / "strategy"
+    # mitogen replaces the connections it knows by their short names only (docker, ssh, ...):
+    # the lab's community.docker.docker is named docker for it (HIGGS_CONNECTION, read by site())
     return {"ANSIBLE_STRATEGY_PLUGINS": str(plugins), "ANSIBLE_STRATEGY": "mitogen_linear",
-            "HIGGS_MITOGEN_VERSION": f"mitogen {version} on ansible-core {core}"}
+            "HIGGS_CONNECTION": "docker", "HIGGS_MITOGEN_VERSION": f"mitogen {version} on ansible-core {core}"}
 
 
 def strategy_env(strategy: str) -> dict[str, str]:
@@ -78,8 +80,9 @@ def site(playbook: str = "site.yml", extra: dict[str, str] | None = None) -> dic
     with tempfile.NamedTemporaryFile(suffix=".json") as counts:
         env = dict(ENV, **(extra or {}), HIGGS_ROUND_TRIPS_FILE=counts.name)
         start = time.monotonic()
+        connection = ["-e", f"ansible_connection={env['HIGGS_CONNECTION']}"] if "HIGGS_CONNECTION" in env else []
         proc = subprocess.run(
-            ["ansible-playbook", "-i", "inventory/lab", f"playbooks/{playbook}"],
+            ["ansible-playbook", "-i", "inventory/lab", *connection, f"playbooks/{playbook}"],
             cwd=ROOT, env=env, capture_output=True, text=True, check=False,
         )
         elapsed = time.monotonic() - start
