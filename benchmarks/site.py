@@ -54,7 +54,7 @@ def mitogen_env() -> dict[str, str]:
     """The settings of mitogen_linear, or SystemExit with the reason it cannot run here."""
     probe = subprocess.run(
         ["python3", "-c", "import ansible_mitogen, mitogen, ansible.release as r;"
-         "print(ansible_mitogen.__file__); print(mitogen.__version__); print(r.__version__)"],
+         "print(ansible_mitogen.__file__); print('.'.join(map(str, mitogen.__version__))); print(r.__version__)"],
         env=ENV, capture_output=True, text=True, check=False)
     if probe.returncode != 0:
         raise SystemExit("mitogen is not installed (pip install --target /tmp/mitogen mitogen; "
