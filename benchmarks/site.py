@@ -62,7 +62,7 @@ def mitogen_env() -> dict[str, str]:
     where, version, core = probe.stdout.split()
     plugins = Path(where).parent / "plugins" / "strategy"
     # mitogen replaces the connections it knows by their short names only (docker, ssh, ...):
-    # the lab's community.docker.docker is named docker for it (HIGGS_CONNECTION, read by site())
+    # the lab's community.docker.docker is named docker in the inventory for it (HIGGS_CONNECTION)
     return {"ANSIBLE_STRATEGY_PLUGINS": str(plugins), "ANSIBLE_STRATEGY": "mitogen_linear",
             "HIGGS_CONNECTION": "docker", "HIGGS_MITOGEN_VERSION": f"mitogen {version} on ansible-core {core}"}
 
@@ -80,9 +80,8 @@ def site(playbook: str = "site.yml", extra: dict[str, str] | None = None) -> dic
     with tempfile.NamedTemporaryFile(suffix=".json") as counts:
         env = dict(ENV, **(extra or {}), HIGGS_ROUND_TRIPS_FILE=counts.name)
         start = time.monotonic()
-        connection = ["-e", f"ansible_connection={env['HIGGS_CONNECTION']}"] if "HIGGS_CONNECTION" in env else []
         proc = subprocess.run(
-            ["ansible-playbook", "-i", "inventory/lab", *connection, f"playbooks/{playbook}"],
+            ["ansible-playbook", "-i", "inventory/lab", f"playbooks/{playbook}"],
             cwd=ROOT, env=env, capture_output=True, text=True, check=False,
         )
         elapsed = time.monotonic() - start
@@ -139,7 +138,10 @@ def main() -> None:
         for strategy, extra in envs.items():
             plats = fleet.platforms(count)
             lab.create(fleet.SCENARIO, plats)
-            fleet.INVENTORY.write_text(fleet.inventory(plats))
+            hosts = fleet.inventory(plats)
+            if "HIGGS_CONNECTION" in extra:
+                hosts = hosts.replace('"community.docker.docker"', f'"{extra["HIGGS_CONNECTION"]}"')
+            fleet.INVENTORY.write_text(hosts)
             try:
                 site("relays.yml")  # the fleet's relay, which the nodes' connectors register with; not timed
                 first = site(extra=extra)
