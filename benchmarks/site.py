@@ -35,6 +35,9 @@ from pathlib import Path
 from higgs_lab import fleet, lab
 
 ROOT = Path(__file__).resolve().parents[1]
+# this checkout's lab inventory (higgs_lab.fleet.INVENTORY is the one of the checkout the
+# lab package is installed from, which need not be this one)
+INVENTORY = ROOT / "inventory" / "lab" / "hosts.yml"
 
 ENV = dict(
     os.environ,
@@ -138,7 +141,7 @@ def main() -> None:
             hosts = fleet.inventory(plats)
             if "HIGGS_CONNECTION" in extra:
                 hosts = hosts.replace('"community.docker.docker"', f'"{extra["HIGGS_CONNECTION"]}"')
-            fleet.INVENTORY.write_text(hosts)
+            INVENTORY.write_text(hosts)
             try:
                 site("relays.yml")  # the fleet's relay, which the nodes' connectors register with; not timed
                 first = site(extra=extra)
@@ -148,7 +151,7 @@ def main() -> None:
                 continue
             finally:
                 lab.destroy(fleet.SCENARIO, plats)
-                fleet.INVENTORY.unlink(missing_ok=True)
+                INVENTORY.unlink(missing_ok=True)
             print(f"{strategy:>8} {count:>5} {first['wall']:>7.1f}s {per_node(first):>10} {first['changed']:>7}"
                   f" {again['wall']:>8.1f}s {per_node(again):>10} {again['changed']:>7}"
                   f" {again['wall'] / first['wall']:>5.2f}", flush=True)
