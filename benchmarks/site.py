@@ -54,15 +54,17 @@ def mitogen_env() -> dict[str, str]:
     """The settings of mitogen_linear, or SystemExit with the reason it cannot run here."""
     probe = subprocess.run(
         ["python3", "-c", "import ansible_mitogen, mitogen, ansible.release as r;"
-         "print(ansible_mitogen.__file__); print(mitogen.__version__); print(r.__version__)"],
+         "print(ansible_mitogen.__file__); print('.'.join(map(str, mitogen.__version__))); print(r.__version__)"],
         env=ENV, capture_output=True, text=True, check=False)
     if probe.returncode != 0:
         raise SystemExit("mitogen is not installed (pip install --target /tmp/mitogen mitogen; "
                          "PYTHONPATH=/tmp/mitogen)")
     where, version, core = probe.stdout.split()
     plugins = Path(where).parent / "plugins" / "strategy"
+    # mitogen replaces the connections it knows by their short names only (docker, ssh, ...):
+    # the lab's community.docker.docker is named docker in the inventory for it (HIGGS_CONNECTION)
     return {"ANSIBLE_STRATEGY_PLUGINS": str(plugins), "ANSIBLE_STRATEGY": "mitogen_linear",
-            "HIGGS_MITOGEN_VERSION": f"mitogen {version} on ansible-core {core}"}
+            "HIGGS_CONNECTION": "docker", "HIGGS_MITOGEN_VERSION": f"mitogen {version} on ansible-core {core}"}
 
 
 def strategy_env(strategy: str) -> dict[str, str]:
@@ -136,7 +138,10 @@ def main() -> None:
         for strategy, extra in envs.items():
             plats = fleet.platforms(count)
             lab.create(fleet.SCENARIO, plats)
-            INVENTORY.write_text(fleet.inventory(plats))
+            hosts = fleet.inventory(plats)
+            if "HIGGS_CONNECTION" in extra:
+                hosts = hosts.replace('"community.docker.docker"', f'"{extra["HIGGS_CONNECTION"]}"')
+            INVENTORY.write_text(hosts)
             try:
                 site("relays.yml")  # the fleet's relay, which the nodes' connectors register with; not timed
                 first = site(extra=extra)
