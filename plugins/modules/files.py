@@ -194,7 +194,8 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             files=dict(type="list", elements="dict", default=[], options=ENTRY),
-            secret_files=dict(type="list", elements="dict", default=[], options=SECRET_ENTRY),
+            # the paths are no secret; each entry's content is (no_log in SECRET_ENTRY)
+            secret_files=dict(type="list", elements="dict", default=[], options=SECRET_ENTRY, no_log=False),
         ),
         supports_check_mode=True,
     )
