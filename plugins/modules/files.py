@@ -19,6 +19,9 @@ description:
   - Entries of O(secret_files) are handled like those of O(files), but their contents are
     never logged nor shown in a diff. They come first, so that a checked configuration can
     name a key or token written by the same call.
+  - Entries with O(files[].unit=true) are systemd units or drop-ins, verified with
+    C(systemd-analyze verify) as M(higgs.vpn.unit_file) does, when they would change; a
+    refusal fails the call with the warnings about that file and leaves it as it was.
   - The missing parent directories of a file are created (mode 0755).
 author:
   - Higgs.net node engineering (!UNKNOWN)
@@ -34,13 +37,25 @@ options:
         type: path
         required: true
       state:
-        description: A regular file with O(files[].content), a directory, or nothing at that path.
+        description:
+          - A regular file with O(files[].content), a directory, a symbolic link to O(files[].src)
+            (which replaces a file or link at that path, not a directory), or nothing at that path.
         type: str
-        choices: [file, directory, absent]
+        choices: [file, directory, link, absent]
         default: file
       content:
         description: The whole file. Required with O(files[].state=file).
         type: str
+      src:
+        description: Where the link points. Required with O(files[].state=link).
+        type: str
+      unit:
+        description:
+          - The file is a systemd unit (C(<name>.service), C(.timer), ...) or drop-in
+            (C(<unit>.d/<name>.conf)), verified by C(systemd-analyze verify) before it is written.
+            Reloading systemd afterwards is the caller's (see RV(changed_paths)).
+        type: bool
+        default: false
       owner:
         description: Owner; unchanged (root when created by root) when omitted.
         type: str
@@ -90,13 +105,15 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     support: full
-    details: The O(files[].validate) commands run in check mode too.
+    details: The O(files[].validate) commands and the unit verification run in check mode too.
   diff_mode:
     support: full
     details: No diff for O(secret_files).
   platform:
     support: full
     platforms: posix
+notes:
+  - O(files[].unit) needs C(systemd-analyze) on the node (package systemd).
 """
 
 EXAMPLES = r"""
@@ -110,6 +127,12 @@ EXAMPLES = r"""
         content: "{{ lookup('ansible.builtin.template', 'connector.json.j2') }}"
         mode: "0644"
         validate: /usr/bin/python3 -m json.tool %s
+      - path: /etc/systemd/system/higgs-vpn-relay.service
+        content: "{{ lookup('ansible.builtin.template', 'higgs-vpn-relay.service.j2') }}"
+        unit: true
+      - path: /var/lib/prometheus/node-exporter/higgs_vpn.prom
+        state: link
+        src: /run/higgs-vpn-metrics/higgs_vpn.prom
       - path: /etc/higgs-vpn/relay/ca.pem
         state: absent
     secret_files:
@@ -136,10 +159,14 @@ import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.higgs.vpn.plugins.module_utils._units import layout, refusal
+
 ENTRY = dict(
     path=dict(type="path", required=True),
-    state=dict(type="str", choices=["file", "directory", "absent"], default="file"),
+    state=dict(type="str", choices=["file", "directory", "link", "absent"], default="file"),
     content=dict(type="str"),
+    src=dict(type="str"),
+    unit=dict(type="bool", default=False),
     owner=dict(type="str"),
     group=dict(type="str"),
     mode=dict(type="raw"),
@@ -147,6 +174,7 @@ ENTRY = dict(
 )
 SECRET_ENTRY = dict(ENTRY, state=dict(type="str", choices=["file", "absent"], default="file"),
                     content=dict(type="str", no_log=True))
+del SECRET_ENTRY["src"], SECRET_ENTRY["unit"]
 
 
 def read(path):
@@ -170,6 +198,26 @@ def validate(module, entry, data):
     return rc, (err or out).strip()
 
 
+def check_unit(module, entry, changed_paths):
+    """Fail, leaving the entry as it was, when systemd-analyze refuses the unit."""
+    unit, relative = layout(entry["path"])
+    refused = refusal(module, unit, relative, entry["content"])
+    if refused:
+        message, ours, rc, out, err = refused
+        module.fail_json(msg="%s: systemd-analyze verify refuses the new content, left as it was: %s"
+                         % (entry["path"], message), warnings_found=ours, rc=rc, stdout=out, stderr=err,
+                         changed=bool(changed_paths), changed_paths=changed_paths)
+
+
+def link(path, src):
+    """Point ``path`` at ``src`` (atomically: a new link renamed over the old file or link)."""
+    if not os.path.isdir(os.path.dirname(path)):
+        os.makedirs(os.path.dirname(path), 0o755)
+    tmp = os.path.join(os.path.dirname(path), ".%s.%d.link" % (os.path.basename(path), os.getpid()))
+    os.symlink(src, tmp)
+    os.replace(tmp, path)
+
+
 def write(module, path, data):
     if not os.path.isdir(os.path.dirname(path)):
         os.makedirs(os.path.dirname(path), 0o755)
@@ -185,8 +233,15 @@ def entry_errors(entries, option):
         if not os.path.isabs(entry["path"]):
             errors.append("%s[%d].path: %s is not an absolute path" % (option, i, entry["path"]))
         if entry["state"] == "file" and entry["content"] is None:
-            errors.append("%s[%d].content: %s needs a content (or state: directory / absent)"
+            errors.append("%s[%d].content: %s needs a content (or state: directory / link / absent)"
                           % (option, i, entry["path"]))
+        if entry["state"] == "link" and not entry.get("src"):
+            errors.append("%s[%d].src: %s needs the path the link points to" % (option, i, entry["path"]))
+        if entry.get("unit"):
+            try:
+                layout(entry["path"])
+            except ValueError as exc:
+                errors.append("%s[%d].path: %s" % (option, i, exc))
     return errors
 
 
@@ -220,6 +275,18 @@ def main():
                     os.unlink(path)
             if changed and not secret:
                 diffs.append(dict(before_header=path, after_header=path, before="present\n", after="absent\n"))
+        elif state == "link":
+            if os.path.isdir(path) and not os.path.islink(path):
+                module.fail_json(msg="%s: is a directory, not replaced by a link to %s" % (path, entry["src"]),
+                                 changed=bool(changed_paths), changed_paths=changed_paths)
+            before = os.readlink(path) if os.path.islink(path) else None
+            changed = before != entry["src"]
+            if changed:
+                diffs.append(dict(before_header=path, after_header=path, after="-> %s\n" % entry["src"],
+                                  before=("-> %s\n" % before) if before else
+                                  ("present\n" if os.path.lexists(path) else "absent\n")))
+            if changed and not module.check_mode:
+                link(path, entry["src"])
         elif state == "directory":
             exists = os.path.isdir(path)
             changed = not exists
@@ -231,6 +298,8 @@ def main():
             data = entry["content"].encode("utf-8")
             current = read(path)
             changed = current != data
+            if changed and entry.get("unit"):
+                check_unit(module, entry, changed_paths)
             if changed and entry["validate"]:
                 rc, output = validate(module, entry, data)
                 if rc:

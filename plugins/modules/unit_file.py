@@ -102,53 +102,11 @@ warnings_found:
 """
 
 import os
-import re
-import shutil
 import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
 
-UNIT_TYPES = ("service", "socket", "device", "mount", "automount", "swap", "target", "path", "timer",
-              "slice", "scope")
-UNIT_RE = re.compile(r"[A-Za-z0-9:_.\\-]+(@[A-Za-z0-9:_.\\-]*)?\.(%s)" % "|".join(UNIT_TYPES))
-DROPIN_RE = re.compile(r"[A-Za-z0-9:_.\\@-]+\.conf")
-
-
-def layout(dest):
-    """(unit to verify, path of the file relative to the search directory) or raise ValueError."""
-    name = os.path.basename(dest)
-    parent = os.path.basename(os.path.dirname(dest))
-    if UNIT_RE.fullmatch(name):
-        unit = name
-        relative = name
-    elif DROPIN_RE.fullmatch(name) and parent.endswith(".d") and UNIT_RE.fullmatch(parent[:-2]):
-        unit = parent[:-2]
-        relative = os.path.join(parent, name)
-    else:
-        raise ValueError("dest: %s is neither a unit file (<name>.service, .timer, ...) nor a drop-in "
-                         "(<unit>.d/<name>.conf)" % dest)
-    if "@." in unit:  # a template is verified through an instance of it
-        unit = unit.replace("@.", "@verify.", 1)
-    return unit, relative
-
-
-def verify(module, unit, relative, content):
-    """Lines of systemd-analyze about the file, and the failure (rc, out, err) if it failed."""
-    analyze = module.get_bin_path("systemd-analyze", required=True)
-    tmp = tempfile.mkdtemp(prefix="higgs-unit-")
-    try:
-        path = os.path.join(tmp, relative)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w", encoding="utf-8") as handle:
-            handle.write(content)
-        # the trailing ':' keeps the system's unit directories after ours
-        env = dict(SYSTEMD_UNIT_PATH=tmp + ":", SYSTEMD_LOG_COLOR="0", LANG="C", LC_ALL="C")
-        rc, out, err = module.run_command([analyze, "verify", "--man=no", "--recursive-errors=no", unit],
-                                          environ_update=env)
-        ours = [line.replace(tmp + os.sep, "") for line in (out + err).splitlines() if path in line]
-        return ours, (rc, out.replace(tmp + os.sep, ""), err.replace(tmp + os.sep, ""))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+from ansible_collections.higgs.vpn.plugins.module_utils._units import layout, refusal
 
 
 def read(path):
@@ -176,7 +134,7 @@ def main():
     try:
         unit, relative = layout(dest)
     except ValueError as exc:
-        module.fail_json(msg=str(exc))
+        module.fail_json(msg="dest: %s" % exc)
     current = read(dest)
     result = dict(dest=dest, changed=False)
 
@@ -190,10 +148,10 @@ def main():
 
     content = module.params["content"]
     result["unit"] = unit
-    ours, (rc, out, err) = verify(module, unit, relative, content)
-    if ours or rc != 0:
-        module.fail_json(msg="dest: systemd-analyze verify refuses %s, left unchanged: %s"
-                         % (dest, "; ".join(ours) or (err or out).strip()),
+    refused = refusal(module, unit, relative, content)
+    if refused:
+        message, ours, rc, out, err = refused
+        module.fail_json(msg="dest: systemd-analyze verify refuses %s, left unchanged: %s" % (dest, message),
                          warnings_found=ours, rc=rc, stdout=out, stderr=err, **result)
 
     result["changed"] = current != content
