@@ -24,11 +24,21 @@ author:
   - Higgs.net node engineering (!UNKNOWN)
 requirements:
   - C(wg) from wireguard-tools, or the Python C(cryptography) library, on the managed node.
+  - O(paths) handles many keys in one call (for example the keys of a node's clients, made on the
+    controller), each as O(path) would be.
 options:
   path:
-    description: The private key file, for example C(/etc/wireguard/wg0.key).
+    description:
+      - The private key file, for example C(/etc/wireguard/wg0.key).
+      - Exactly one of O(path) and O(paths) is required.
     type: path
-    required: true
+  paths:
+    description:
+      - Many private key files, each handled as O(path) would be, in one call.
+      - Their public keys are in RV(public_keys).
+    type: list
+    elements: path
+    version_added: 0.3.0
   state:
     description: Whether the key file should exist.
     type: str
@@ -67,6 +77,15 @@ EXAMPLES = r"""
   ansible.builtin.debug:
     msg: "{{ node_key.public_key }}"
 
+- name: Keys of the clients, made on the controller in one call
+  higgs.vpn.wg_key:
+    paths:
+      - profiles/node1/alice.key
+      - profiles/node1/bob.key
+  delegate_to: localhost
+  become: false
+  register: client_keys
+
 - name: Rotate the key
   higgs.vpn.wg_key:
     path: /etc/wireguard/wg0.key
@@ -82,17 +101,27 @@ RETURN = r"""
 public_key:
   description: Public key of the private key in O(path); empty when O(state=absent) or when
     check mode would create the key.
-  returned: always
+  returned: with O(path)
   type: str
   sample: xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=
 created:
   description: Whether a new key was (or would be) generated, by a first run or by O(force).
-  returned: always
+  returned: with O(path)
   type: bool
 previous_public_key:
   description: The public key of the key that O(force) or O(state=absent) replaced or removed.
-  returned: when a key was replaced or removed
+  returned: when a key was replaced or removed, with O(path)
   type: str
+public_keys:
+  description: Path to public key, as RV(public_key) for each of O(paths).
+  returned: with O(paths)
+  type: dict
+  sample: {/srv/profiles/node1/alice.key: xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=}
+created_paths:
+  description: The ones of O(paths) whose key was (or would be) generated.
+  returned: with O(paths)
+  type: list
+  elements: str
 """
 
 import base64
@@ -179,23 +208,17 @@ def write_key(module, path, private, uid):
 
 
 ARGS = dict(
-    path=dict(type="path", required=True),
+    path=dict(type="path"),
+    paths=dict(type="list", elements="path"),
     state=dict(type="str", choices=["present", "absent"], default="present"),
     force=dict(type="bool", default=False),
     owner=dict(type="str", default="root"),
 )
 
 
-def main():
-    module = AnsibleModule(argument_spec=ARGS, supports_check_mode=True)
-    path = module.params["path"]
+def one(module, tool, path, uid):
+    """The result and the diff of one key file (which check mode leaves as it is)."""
     state = module.params["state"]
-    try:
-        uid = pwd.getpwnam(module.params["owner"]).pw_uid
-    except KeyError:
-        module.fail_json(msg="owner: no user %r on this host" % module.params["owner"])
-    tool = KeyTool(module)
-
     private, st = read_key(path)
     current_pub = ""
     if private is not None:
@@ -237,9 +260,35 @@ def main():
                     os.chown(path, uid, -1)
         elif create:
             result["public_key"] = ""
-    if module._diff:
-        result["diff"] = dict(before=before, after=after, before_header=path, after_header=path)
     del private
+    return result, dict(before=before, after=after, before_header=path, after_header=path)
+
+
+def main():
+    module = AnsibleModule(argument_spec=ARGS, supports_check_mode=True,
+                           mutually_exclusive=[("path", "paths")], required_one_of=[("path", "paths")])
+    try:
+        uid = pwd.getpwnam(module.params["owner"]).pw_uid
+    except KeyError:
+        module.fail_json(msg="owner: no user %r on this host" % module.params["owner"])
+    tool = KeyTool(module)
+    if module.params["path"]:
+        result, diff = one(module, tool, module.params["path"], uid)
+        if module._diff:
+            result["diff"] = diff
+        module.exit_json(**result)
+    result = dict(changed=False, public_keys={}, created_paths=[])
+    diffs = []
+    for path in module.params["paths"]:
+        key, diff = one(module, tool, path, uid)
+        result["changed"] = result["changed"] or key["changed"]
+        result["public_keys"][path] = key["public_key"]
+        if key["created"]:
+            result["created_paths"].append(path)
+        if key["changed"]:
+            diffs.append(diff)
+    if module._diff:
+        result["diff"] = diffs
     module.exit_json(**result)
 
 

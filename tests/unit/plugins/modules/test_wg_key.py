@@ -44,7 +44,7 @@ def run(monkeypatch, tmp_path, case, wg=WG):
         path.parent.mkdir(mode=0o700)
         path.write_text(case["file"])
         path.chmod(int(case.get("file_mode", "0600"), 8))
-    args = dict(path=str(path))
+    args = {} if "paths" in case.get("params", {}) else dict(path=str(path))
     args.update(case.get("params", {}))
     args.update(_ansible_check_mode=case.get("check_mode", False), _ansible_diff=True)
     with patch_module_args(args), pytest.raises(Done) as done:
@@ -98,3 +98,28 @@ def test_examples_and_documentation_match_the_argument_spec():
             result = validator.validate(task["higgs.vpn.wg_key"])
             assert result.error_messages == []
     assert set(yaml.safe_load(wg_key.DOCUMENTATION)["options"]) == set(wg_key.ARGS)
+
+
+def test_many_keys_in_one_call(monkeypatch, tmp_path):
+    """paths: each key as path would be, the public keys by path, the new ones named."""
+    old, new = tmp_path / "clients" / "old.key", tmp_path / "clients" / "new.key"
+    old.parent.mkdir(mode=0o700)
+    old.write_text(DATA["pairs"]["old"]["private"] + "\n")
+    old.chmod(0o600)
+    case = {"params": {"paths": [str(old), str(new)]}}
+    result, ran, _ = run(monkeypatch, tmp_path, case)
+    assert result["changed"] and result["created_paths"] == [str(new)] and ran.count("genkey") == 1
+    assert result["public_keys"] == {str(old): DATA["pairs"]["old"]["public"], str(new): PAIRS[NEW]}
+    assert new.read_text().strip() == NEW and stat.S_IMODE(new.stat().st_mode) == 0o600
+    assert [d["after_header"] for d in result["diff"]] == [str(new)]
+    again, ran, _ = run(monkeypatch, tmp_path, case)
+    assert not again["changed"] and again["created_paths"] == [] and "genkey" not in ran
+    assert again["public_keys"] == result["public_keys"]
+    for private in PAIRS:
+        assert private not in repr(result) + repr(again)
+
+
+def test_path_and_paths_exclude_each_other(monkeypatch, tmp_path):
+    both = {"path": str(tmp_path / "b.key"), "paths": [str(tmp_path / "a.key")]}
+    result, _, _ = run(monkeypatch, tmp_path, {"params": both})
+    assert result["failed"] and "mutually exclusive" in result["msg"]
