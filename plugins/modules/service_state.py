@@ -99,10 +99,9 @@ stale_paths:
   sample: {unbound.service: [/etc/unbound/unbound.conf.d/higgs-vpn.conf]}
 """
 
-import os
-import time
-
 from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.higgs.vpn.plugins.module_utils._systemd import stale_paths
 
 PROPERTIES = ("Id", "UnitFileState", "ActiveState", "ActiveEnterTimestampMonotonic", "NeedDaemonReload")
 # what `systemctl is-enabled` answers with exit status 0
@@ -125,12 +124,6 @@ def show(module, systemctl, names):
     return states
 
 
-def started_at(state):
-    """Wall-clock time the unit entered the active state (systemd keeps it on CLOCK_MONOTONIC)."""
-    since_boot = int(state.get("ActiveEnterTimestampMonotonic") or 0) / 1e6
-    return time.time() - time.monotonic() + since_boot
-
-
 def plan(units, states):
     """(enable, start, restart with their stale paths) for the units as they are."""
     enable, start, stale = [], [], {}
@@ -142,8 +135,7 @@ def plan(units, states):
             if unit["started"]:
                 start.append(name)
             continue
-        since = started_at(state)
-        paths = [p for p in unit["paths"] if os.path.exists(p) and os.path.getmtime(p) > since]
+        paths = stale_paths(unit["paths"], state)
         if paths:
             stale[name] = paths
     return enable, start, stale

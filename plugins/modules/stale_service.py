@@ -67,10 +67,9 @@ stale_paths:
   sample: [/etc/unbound/unbound.conf.d/higgs-vpn.conf]
 """
 
-import os
-import time
-
 from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.higgs.vpn.plugins.module_utils._systemd import stale_paths
 
 PROPERTIES = ("ActiveState", "ActiveEnterTimestampMonotonic", "NeedDaemonReload")
 
@@ -85,12 +84,6 @@ def unit_state(module, systemctl):
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
-def started_at(state):
-    """Wall-clock time the service entered the active state (systemd keeps it on CLOCK_MONOTONIC)."""
-    since_boot = int(state.get("ActiveEnterTimestampMonotonic") or 0) / 1e6
-    return time.time() - time.monotonic() + since_boot
-
-
 def main():
     module = AnsibleModule(
         argument_spec=dict(
@@ -103,9 +96,8 @@ def main():
     state = unit_state(module, systemctl)
     reload_daemon = state.get("NeedDaemonReload") == "yes"
     stale = []
-    if state.get("ActiveState") in ("active", "reloading"):
-        start = started_at(state)
-        stale = [p for p in module.params["paths"] if os.path.exists(p) and os.path.getmtime(p) > start]
+    if state.get("ActiveState") in ("active", "reloading"):  # not "activating": a start in progress is left alone
+        stale = stale_paths(module.params["paths"], state)
     result = dict(changed=bool(reload_daemon or stale), daemon_reloaded=reload_daemon,
                   restarted=bool(stale), stale_paths=stale)
     if not module.check_mode:
