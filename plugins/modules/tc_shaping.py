@@ -131,7 +131,10 @@ commands:
   returned: always
   type: list
   elements: str
-  sample: ["class change dev wg0 parent 8000: classid 8000:10 htb rate 1875000bit ceil 20000000bit quantum 1514 prio 1"]
+  sample:
+    - >-
+      class change dev wg0 parent 8000:1 classid 8000:10 htb rate 1875000bit ceil 20000000bit
+      burst 3046b cburst 25000b quantum 1514 prio 1
 classes:
   description: The class of each client, the same on both devices.
   returned: state is present
