@@ -13,7 +13,14 @@ Prints figures; asserts nothing. Runs in a throw-away lab container
   of 10,000 filters, the measured client last. No caps: the shaping's cost
   per packet is what limits the rate.
 
-Usage: python3 benchmarks/traffic_shaping.py [--sizes 100,1000,10000] [--keep]
+The module keeps at most 250 client classes per htb qdisc (groups under child
+qdiscs): the kernel walks every class of a qdisc for each class added to it,
+so the naive flat tree grows quadratically; the figures show both, with the
+growth from one size to the next and the naive time over the module's. The
+load average is printed before and after: the figures are only comparable on
+a quiet machine.
+
+Usage: python3 benchmarks/traffic_shaping.py [--sizes 100,1000,10000] [--apply-only] [--first-only] [--keep]
 """
 
 from __future__ import annotations
@@ -172,19 +179,32 @@ def main():
     parser.add_argument("--keep", action="store_true", help="leave the container running")
     parser.add_argument("--throughput-only", action="store_true", help="skip the apply times")
     parser.add_argument("--apply-only", action="store_true", help="skip the throughput figures")
+    parser.add_argument("--first-only", action="store_true", help="apply times of the first run only (no re-runs)")
     opts = parser.parse_args()
     sizes = [int(s) for s in opts.sizes.split(",")]
     start()
     try:
-        print("apply time, seconds (both directions: the tunnel and its ifb)")
-        print("%8s  %14s  %14s  %14s  %14s"
-              % ("clients", "module first", "module no-op", "naive first", "naive re-run"))
+        print("load average before: %s" % Path("/proc/loadavg").read_text().split(" ", 3)[:3])
+        print("apply time, seconds (both directions: the tunnel and its ifb); growth: first run over the "
+              "previous size's; naive/module: first runs")
+        print("%8s  %14s  %14s  %14s  %14s  %8s  %8s  %13s"
+              % ("clients", "module first", "module no-op", "naive first", "naive re-run", "growth",
+                 "naive gr.", "naive/module"))
+        previous = None
         for size in [] if opts.throughput_only else sizes:
-            mod = driver("module", size)
-            nai = driver("naive", size)
-            print("%8d  %14.2f  %14.2f  %14.2f  %14.2f%s" % (
-                size, mod["first"], mod["again"], nai["first"], nai["again"],
+            if opts.first_only:
+                mod = dict(driver("module-keep", size), again=float("nan"), changed=[True, False])
+                nai = dict(driver("naive-keep", size), again=float("nan"))
+            else:
+                mod = driver("module", size)
+                nai = driver("naive", size)
+            growth = ("%8.1f  %8.1f" % (mod["first"] / previous[0], nai["first"] / previous[1])) if previous \
+                else "%8s  %8s" % ("-", "-")
+            previous = (mod["first"], nai["first"])
+            print("%8d  %14.2f  %14.2f  %14.2f  %14.2f  %s  %13.1f%s" % (
+                size, mod["first"], mod["again"], nai["first"], nai["again"], growth, nai["first"] / mod["first"],
                 "" if mod["changed"] == [True, False] else "  (module changed: %s)" % mod["changed"]), flush=True)
+        print("load average after: %s" % Path("/proc/loadavg").read_text().split(" ", 3)[:3])
         if opts.apply_only:
             return
         big = max(sizes)

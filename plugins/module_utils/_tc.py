@@ -8,15 +8,26 @@ tunnel itself (download: traffic towards the clients leaves through it) and an
 
 * root ``htb`` qdisc ``1:`` (default class ``1:2``), class ``1:1`` holding the
   node-wide cap, ``1:2`` for traffic of no listed client, ``1:3`` for
-  prioritised interactive traffic when asked for, and one class ``1:<m>`` per
-  client (``m`` from 0x10) whose ceil is the client's rate, each with a leaf
-  qdisc ``<m>:``;
+  prioritised interactive traffic when asked for;
+* clients in groups of at most ``GROUP_SIZE``: client number ``m`` (from 0x10,
+  below 0x8000, kept across runs) belongs to group ``g = (m - 0x10) // 250``,
+  so adding a client never moves another. Group ``g`` is class ``1:<G>``
+  (``G = 0x8000 + g``) under ``1:1`` holding a child ``htb`` qdisc ``<G>:``,
+  whose class ``<G>:1`` (the cap: a class at the top of a qdisc cannot borrow)
+  holds the client's class ``<G>:<m>`` (ceil: the client's rate) with a leaf
+  qdisc ``<m>:``. The kernel walks every class of a qdisc for each class
+  added to it: groups keep that walk short (what still grows with every
+  class is the kernel's: its list of all blocks for indirect offload and the
+  16 buckets of a device's qdisc hash);
 * ``u32`` filters that find a client's class in constant time, whatever the
-  number of clients: a root filter hashes the second-to-last byte of the
+  number of clients: on ``1:`` a filter hashes the second-to-last byte of the
   address into table ``0x10`` (IPv4) / ``0x11`` (IPv6), whose buckets link to
   one table per value of that byte (``0x100 + b`` / ``0x200 + b``) hashed on
-  the last byte, whose buckets hold the exact-match entries. Client networks
-  that are not host addresses are matched one by one after that lookup.
+  the last byte, whose buckets hold the exact-match entries leading to the
+  group class; on each group qdisc, one table (``0x10`` / ``0x11``) hashed
+  on the last byte holds the exact-match entries leading to the client's
+  class. Client networks that are not host addresses are matched one by one
+  after those lookups.
 
 Every object is reduced to a canonical identity string, for the live state
 (``tc -j`` where ``tc`` can print JSON; ``htb`` classes only print text) and
@@ -40,7 +51,11 @@ NODE_CLASS = "1:1"
 DEFAULT_MINOR = 2
 INTERACTIVE_MINOR = 3
 FIRST_CLIENT_MINOR = 0x10
-LAST_CLIENT_MINOR = 0xFFFE
+# client numbers stay below the group majors (leaf qdisc handles are <m>:)
+LAST_CLIENT_MINOR = 0x7FFF
+GROUP_BASE = 0x8000
+GROUP_SIZE = 250
+GROUP_TOP_MINOR = 1
 QUANTUM = 1514
 # A class's bucket holds this long at its rate (never less than two full
 # packets). tc's default is one packet, since the kernel's timers count in
@@ -53,7 +68,7 @@ PREF = {("interactive", 4): 1, ("interactive", 6): 2, ("clients", 4): 10, ("clie
 PROTO = {4: "ip", 6: "ipv6"}
 # byte offset of the last 32 bits of the (source, destination) address
 ADDR_TAIL = {4: {"src": 12, "dst": 16}, 6: {"src": 20, "dst": 36}}
-# the two hash levels: table ids (level 1, level 2 base)
+# the two hash levels on 1: table ids (level 1, level 2 base); a group qdisc has the first only
 TABLES = {4: (0x10, 0x100), 6: (0x11, 0x200)}
 OWN_TABLE_LIMIT = 0x800  # u32 numbers the root table of each priority from 0x800
 LEAF_QDISCS = {
@@ -165,17 +180,25 @@ class Filter:
     """One u32 filter: its identity (what it does) and how to add it."""
 
     def __init__(self, pref, ver, where, keys=None, flowid=None, link=None, hashkey=None,
-                 divisor=None, redirect=None):
-        self.pref, self.ver, self.where = pref, ver, where
+                 divisor=None, redirect=None, qdisc=ROOT):
+        self.pref, self.ver, self.where, self.qdisc = pref, ver, where, qdisc
         self.keys, self.flowid, self.link = keys or [], flowid, link
         self.hashkey, self.divisor, self.redirect = hashkey, divisor, redirect
+        self._identity = None
 
     @property
     def is_table(self):
         return self.divisor is not None
 
     def identity(self):
+        if self._identity is None:
+            self._identity = self._describe()
+        return self._identity
+
+    def _describe(self):
         head = "pref %d %s" % (self.pref, PROTO.get(self.ver, "all"))
+        if self.qdisc != ROOT:
+            head = "qdisc %s %s" % (self.qdisc, head)
         if self.is_table:
             return "%s table %s: divisor %d" % (head, hexid(self.where), self.divisor)
         text = "%s in %s match %s" % (head, self.where, _match(self.keys))
@@ -221,9 +244,10 @@ class Filter:
 
 
 def client_filters(ver, side, entries):
-    """The u32 filters classifying ``entries`` [(network, classid)] of one family.
+    """The u32 filters on ``1:`` classifying ``entries`` [(network, classid)] of one family.
 
-    ``side`` is ``dst`` (download, on the tunnel) or ``src`` (upload, on the ifb).
+    ``side`` is ``dst`` (download, on the tunnel) or ``src`` (upload, on the ifb);
+    the classes are the groups' (``1:<G>``).
     """
     pref = PREF[("clients", ver)]
     tail = ADDR_TAIL[ver][side]
@@ -246,6 +270,35 @@ def client_filters(ver, side, entries):
     for net, classid in nets:
         out.append(Filter(pref, ver, "root", keys=_keys_for(net, tail), flowid=classid))
     return out
+
+
+def group_filters(ver, side, entries, qdisc):
+    """The u32 filters on the group qdisc ``qdisc`` classifying its ``entries`` [(network, classid)].
+
+    At most ``GROUP_SIZE`` clients: one table hashed on the last byte of the address.
+    """
+    pref = PREF[("clients", ver)]
+    tail = ADDR_TAIL[ver][side]
+    table = TABLES[ver][0]
+    out = [Filter(pref, ver, table, divisor=256, qdisc=qdisc),
+           Filter(pref, ver, "root", keys=[(0, 0, 0)], hashkey=(0x000000FF, tail), link=table, qdisc=qdisc)]
+    for net, classid in entries:
+        keys = _keys_for(net, tail)
+        if net.prefixlen == net.max_prefixlen:
+            where = "%s:%s" % (hexid(table), hexid(int(net.network_address) & 0xFF))
+        else:
+            where = "root"
+        out.append(Filter(pref, ver, where, keys=keys, flowid=classid, qdisc=qdisc))
+    return out
+
+
+def group_major(minor):
+    """Major number of the group (and its qdisc) of client number ``minor``."""
+    return GROUP_BASE + (minor - FIRST_CLIENT_MINOR) // GROUP_SIZE
+
+
+def client_classid(minor):
+    return "%x:%x" % (group_major(minor), minor)
 
 
 def interactive_filters(side):
@@ -276,13 +329,22 @@ class Device:
 
     def lines(self):
         out = ["qdisc %s %s" % (k, v[0]) for k, v in sorted(self.qdiscs.items())]
-        out += ["class %s %s" % (k, v[0]) for k, v in sorted(self.classes.items(), key=lambda i: _minor(i[0]))]
+        out += ["class %s %s" % (k, v[0]) for k, v in sorted(self.classes.items(), key=lambda i: _classkey(i[0]))]
         out += ["filter %s" % f for f in sorted(self.filters)]
         return ["%s: %s" % (self.name, line) for line in out]
 
 
+def _classkey(classid):
+    major, minor = classid.split(":")
+    return int(major or "0", 16), int(minor or "0", 16)
+
+
 def _minor(classid):
-    return int(classid.split(":")[1] or "0", 16)
+    return _classkey(classid)[1]
+
+
+def _is_group_class(classid):
+    return classid.startswith("1:") and _minor(classid) >= GROUP_BASE
 
 
 def plan(spec):
@@ -307,9 +369,8 @@ def plan(spec):
             slots *= 2
         guaranteed = max(8000, ((cap - (interactive or 0)) // slots) // 8 * 8)
 
-        def add_class(device, minor, parent, rate, ceil, prio=None, leaf=True):
+        def add_class(device, classid, parent, rate, ceil, prio=None, leaf=None, quantum=QUANTUM):
             dev = device.name
-            classid = "1:%x" % minor
             burst, cburst = burst_bytes(rate), burst_bytes(ceil)
             args = ["class", "add", "dev", dev, "parent", parent, "classid", classid, "htb",
                     "rate", "%dbit" % rate, "ceil", "%dbit" % ceil,
@@ -318,29 +379,52 @@ def plan(spec):
                 parent, rate_text(rate), rate_text(ceil), burst_text(burst, rate), burst_text(cburst, ceil))
             # an explicit quantum everywhere: equal shares of what the cap leaves
             # over, and no warnings about quanta derived from large rates
-            args += ["quantum", str(QUANTUM)]
+            args += ["quantum", str(quantum)]
             if prio is not None:
                 args += ["prio", str(prio)]
-                ident += " prio %d quantum %d" % (prio, QUANTUM)
+                ident += " prio %d quantum %d" % (prio, quantum)
             device.classes[classid] = (ident, args)
-            if leaf and spec["leaf_qdisc"] in LEAF_QDISCS:
+            if leaf is not None and spec["leaf_qdisc"] in LEAF_QDISCS:
                 qdisc = LEAF_QDISCS[spec["leaf_qdisc"]]
                 device.qdiscs["parent " + classid] = (
-                    "%s handle %x:" % (qdisc[0], minor),
-                    ["qdisc", "add", "dev", dev, "parent", classid, "handle", "%x:" % minor, *qdisc])
+                    "%s handle %x:" % (qdisc[0], leaf),
+                    ["qdisc", "add", "dev", dev, "parent", classid, "handle", "%x:" % leaf, *qdisc])
 
-        add_class(device, 1, ROOT, cap, cap, leaf=False)
-        add_class(device, DEFAULT_MINOR, NODE_CLASS, guaranteed, cap, prio=1)
+        add_class(device, NODE_CLASS, ROOT, cap, cap)
+        add_class(device, "1:%x" % DEFAULT_MINOR, NODE_CLASS, guaranteed, cap, prio=1, leaf=DEFAULT_MINOR)
         if interactive:
-            add_class(device, INTERACTIVE_MINOR, NODE_CLASS, interactive, interactive, prio=0)
+            add_class(device, "1:%x" % INTERACTIVE_MINOR, NODE_CLASS, interactive, interactive, prio=0,
+                      leaf=INTERACTIVE_MINOR)
             for flt in interactive_filters(side):
                 device.filters[flt.identity()] = flt
-        entries = {4: [], 6: []}
+        groups = {}
         for client in spec["clients"]:
-            ceil = min(client[direction] or cap, cap)
-            add_class(device, client["minor"], NODE_CLASS, min(guaranteed, ceil), ceil, prio=1)
-            for net in client["networks"]:
-                entries[net.version].append((net, "1:%x" % client["minor"]))
+            groups.setdefault(group_major(client["minor"]), []).append(client)
+        entries = {4: [], 6: []}
+        for major, members in sorted(groups.items()):
+            group, qdisc, top = "1:%x" % major, "%x:" % major, "%x:%x" % (major, GROUP_TOP_MINOR)
+            # a class at the top of an htb qdisc cannot borrow: the clients borrow
+            # from the group's top class, up to the cap the group class enforces
+            add_class(device, top, qdisc, cap, cap)
+            rates = []
+            inner = {4: [], 6: []}
+            for client in members:
+                ceil = min(client[direction] or cap, cap)
+                rates.append(min(guaranteed, ceil))
+                classid = client_classid(client["minor"])
+                add_class(device, classid, top, rates[-1], ceil, prio=1, leaf=client["minor"])
+                for net in client["networks"]:
+                    entries[net.version].append((net, group))
+                    inner[net.version].append((net, classid))
+            # a group is guaranteed its members' rates and borrows in proportion to their number
+            add_class(device, group, NODE_CLASS, min(sum(rates), cap), cap, prio=1,
+                      quantum=QUANTUM * len(members))
+            device.qdiscs["parent " + group] = ("htb handle %s default 0" % qdisc,
+                                                ["qdisc", "add", "dev", dev, "parent", group, "handle", qdisc, "htb"])
+            for ver in (4, 6):
+                ordered = sorted(inner[ver], key=lambda e: (int(e[0].network_address), e[0].prefixlen))
+                for flt in group_filters(ver, side, ordered, qdisc):
+                    device.filters[flt.identity()] = flt
         for ver in (4, 6):
             ordered = sorted(entries[ver], key=lambda e: (int(e[0].network_address), e[0].prefixlen))
             for flt in client_filters(ver, side, ordered):
@@ -402,13 +486,17 @@ _CBURST_RE = re.compile(r"\bcburst (\d+(?:\.\d+)?[KMG]?b)")
 
 
 def parse_classes(text):
-    """{classid: identity} of ``tc -d class show dev X`` (htb prints no JSON)."""
+    """{classid: identity} of ``tc -d class show dev X`` (htb prints no JSON).
+
+    The parent of a class at the top of its qdisc (printed ``root``) is the qdisc: ``<major>:``.
+    """
     out = {}
     for line in text.splitlines():
         match = _CLASS_RE.match(line.strip())
         if not match:
             continue
-        classid, parent, rest = match.group(1), match.group(2) or ROOT, match.group(3).split()
+        classid, rest = match.group(1), match.group(3).split()
+        parent = match.group(2) or classid.split(":")[0] + ":"
         fields = dict(zip(rest[::2], rest[1::2]))
         ident = "parent %s rate %s ceil %s" % (parent, fields.get("rate"), fields.get("ceil"))
         # (iproute2 6.14 prints "burst 7812b/1mpu 0b": no space before mpu)
@@ -446,6 +534,8 @@ def parse_filters(text, parent):
         dele = ["filter", "del", "dev", None, "parent", parent, "prio", str(pref), "handle", handle,
                 "protocol", proto, item.get("kind", "u32")]
         head = "pref %d %s" % (pref, proto)
+        if parent not in (ROOT, "ffff:"):
+            head = "qdisc %s %s" % (parent, head)
         if item.get("kind") != "u32":
             out["%s foreign %s %s" % (head, item.get("kind"), handle)] = dele
             continue
@@ -457,7 +547,7 @@ def parse_filters(text, parent):
         key_ht = _hex(opts.get("key_ht"))
         where = "root" if key_ht >= OWN_TABLE_LIMIT else "%s:%s" % (hexid(key_ht), hexid(_hex(opts.get("bkt"))))
         keys = [(_hex(m.get("value")), _hex(m.get("mask")), int(m.get("off", 0))) for m in opts.get("match", [])]
-        ident = Filter(pref, ver, where, keys=keys,
+        ident = Filter(pref, ver, where, keys=keys, qdisc=ROOT if parent == "ffff:" else parent,
                        flowid=opts.get("flowid"),
                        link=_hex(opts["link"].rstrip(":")) if opts.get("link") else None,
                        hashkey=(_hex(opts["hash_mask"]), int(opts.get("hash_off", 0))) if "hash_mask" in opts else None,
@@ -473,14 +563,25 @@ def _redirect_of(item):
     return None
 
 
-def live_device(name, qdiscs, classes, filters, ingress_filters):
-    """A Device from the live listings (raw command outputs)."""
+def group_qdiscs(qdiscs):
+    """Handles of the group qdiscs (``htb`` under a class of ``1:``) in ``tc -j qdisc show`` output."""
+    return sorted(ident.split()[2] for key, ident in parse_qdiscs(qdiscs).items()
+                  if key.startswith("parent 1:") and ident.startswith("htb handle "))
+
+
+def live_device(name, qdiscs, classes, filters, ingress_filters, groups=None):
+    """A Device from the live listings (raw command outputs).
+
+    ``groups``: {group qdisc handle: ``tc -j filter show dev X parent <handle>`` output}.
+    """
     device = Device(name)
     device.qdiscs = {k: (v, None) for k, v in parse_qdiscs(qdiscs).items()}
     device.classes = {k: (v, None) for k, v in parse_classes(classes).items()}
     root = device.qdiscs.get("root", ("", None))[0]
     if root.startswith("htb handle 1:"):
         device.filters.update(parse_filters(filters, ROOT))
+        for handle, text in sorted((groups or {}).items()):
+            device.filters.update(parse_filters(text, handle))
     if ingress_filters is not None and "ingress" in device.qdiscs:
         device.filters.update({"ingress " + k: v for k, v in parse_filters(ingress_filters, "ffff:").items()})
     for args in device.filters.values():
@@ -497,14 +598,39 @@ def batch_line(args):
     return " ".join(args)
 
 
+def _flat(live):
+    """The tree of the versions before groups: client classes right under ``1:1``."""
+    return any(c.startswith("1:") and FIRST_CLIENT_MINOR <= _minor(c) < GROUP_BASE for c in live.classes)
+
+
+def _filter_qdisc(identity):
+    return identity.split()[1] if identity.startswith("qdisc ") else ROOT
+
+
+def _group_handles(device):
+    """Handles of the groups ``device`` holds, from its classes and qdiscs."""
+    out = {c.split(":")[0] + ":" for c in device.classes if not c.startswith("1:")}
+    out |= {"%x:" % _minor(c) for c in device.classes if _is_group_class(c)}
+    out |= {k.split()[1].replace("1:", "", 1) + ":" for k in device.qdiscs
+            if k.startswith("parent 1:") and _is_group_class(k.split()[1])}
+    return out
+
+
 def diff(live, desired):
-    """Batch lines turning ``live`` into ``desired`` (both Devices of one name)."""
+    """Batch lines turning ``live`` into ``desired`` (both Devices of one name).
+
+    Adds go top down (classes of ``1:``, group qdiscs, the classes in them, leaf
+    qdiscs, filters), deletions bottom up; a group that goes or whose qdisc is
+    replaced takes its classes, qdiscs and filters with it.
+    """
     dev = desired.name
     dels, adds = [], []
     live_root = live.qdiscs.get("root", (None,))[0]
     live_classes, live_filters, live_qdiscs = live.classes, live.filters, live.qdiscs
-    if live_root != desired.qdiscs["root"][0]:
-        # htb cannot be changed in place; any other root (the kernel's default) is replaced
+    if live_root != desired.qdiscs["root"][0] or _flat(live):
+        # htb cannot be changed in place; any other root (the kernel's default) is
+        # replaced; the flat tree of earlier versions is rebuilt (its leaf qdisc
+        # handles are the ones the groups' clients take)
         if live_root is not None and live_root.split()[2] == ROOT:
             dels.append(["qdisc", "del", "dev", dev, "root"])
             adds.append(desired.qdiscs["root"][1])
@@ -518,35 +644,67 @@ def diff(live, desired):
             dels.append(["qdisc", "del", "dev", dev, "ingress"])
         live_filters = {k: v for k, v in live_filters.items() if not k.startswith("ingress ")}
         adds.append(desired.qdiscs["ingress"][1])
-    # filters first: a class cannot go while a filter points at it. Hash tables
-    # and the links into them stay once made (an empty table costs a lookup
-    # that finds nothing): the kernel releases a table only some time after
-    # the links into it are gone, so deleting both in one batch fails.
-    gone = [k for k in live_filters if k not in desired.filters and not _structural(k)]
-    dels += [live_filters[k] for k in sorted(gone)]
-    # classes: a class that is not wanted, or hangs from another parent, is deleted
-    # (children before parents); the others are added or changed
+    # classes of 1: that are not wanted, or hang from another parent, are deleted
     deleted, added, changed = set(), set(), set()
-    # (deleted last: the kernel lets go of a class a moment after its filters)
-    late = []
-    for classid in sorted(live_classes, key=_minor, reverse=True):
+    # (deleted last, inner before top: the kernel lets go of a class a moment after its filters)
+    late, late_inner = [], []
+    for classid in sorted(c for c in live_classes if c.startswith("1:")):
         want = desired.classes.get(classid)
         if want is None:
             late.append(["class", "del", "dev", dev, "classid", classid])
         elif live_classes[classid][0].split()[1] != want[1][5]:
             dels.append(["class", "del", "dev", dev, "classid", classid])
             deleted.add(classid)
-    for classid in sorted(desired.classes, key=_minor):
-        ident, args = desired.classes[classid]
-        if classid not in live_classes or classid in deleted:
-            adds.append(args)
-            added.add(classid)
-        elif live_classes[classid][0] != ident:
-            adds.append(["class", "change", *args[2:]])
-            changed.add(classid)
+    # the groups whose content does not survive: the class goes, or the qdisc is not the wanted one
+    kept = set()
+    for key, (ident, args) in desired.qdiscs.items():
+        group = key.split()[-1]
+        if key.startswith("parent ") and _is_group_class(group) and group in live_classes \
+                and group not in deleted and live_qdiscs.get(key, (None,))[0] == ident:
+            kept.add(args[7])
+    gone_groups = _group_handles(live) - kept
+    # filters first: a class cannot go while a filter points at it. Hash tables
+    # and the links into them stay once made (an empty table costs a lookup
+    # that finds nothing): the kernel releases a table only some time after
+    # the links into it are gone, so deleting both in one batch fails.
+    gone = [k for k in live_filters if k not in desired.filters and not _structural(k)
+            and _filter_qdisc(k) not in gone_groups]
+    dels += [live_filters[k] for k in sorted(gone)]
+    # classes inside the groups, bottom up
+    for classid in sorted((c for c in live_classes if not c.startswith("1:")), key=_classkey, reverse=True):
+        if classid.split(":")[0] + ":" in gone_groups:
+            continue
+        want = desired.classes.get(classid)
+        if want is None:
+            late_inner.append(["class", "del", "dev", dev, "classid", classid])
+        elif live_classes[classid][0].split()[1] != want[1][5]:
+            dels.append(["class", "del", "dev", dev, "classid", classid])
+            deleted.add(classid)
+    top = sorted((c for c in desired.classes if c.startswith("1:")), key=_classkey)
+    inner = sorted((c for c in desired.classes if not c.startswith("1:")), key=_classkey)
+    for stage, classids in enumerate((top, inner)):
+        if stage:
+            # the group qdiscs, between the group classes and the classes in them
+            for classid in top:
+                key = "parent " + classid
+                if _is_group_class(classid):
+                    ident, args = desired.qdiscs[key]
+                    if classid in added:
+                        adds.append(args)
+                    elif live_qdiscs.get(key, (None,))[0] != ident:
+                        adds.append(["qdisc", "replace", *args[2:]])
+        for classid in classids:
+            ident, args = desired.classes[classid]
+            fresh = stage and classid.split(":")[0] + ":" in gone_groups
+            if classid not in live_classes or classid in deleted or fresh:
+                adds.append(args)
+                added.add(classid)
+            elif live_classes[classid][0] != ident:
+                adds.append(["class", "change", *args[2:]])
+                changed.add(classid)
     # leaf qdiscs
     for key, (ident, args) in sorted(desired.qdiscs.items()):
-        if not key.startswith("parent "):
+        if not key.startswith("parent ") or _is_group_class(key.split()[1]):
             continue
         if key.split()[1] in added:
             adds.append(args)
@@ -555,12 +713,13 @@ def diff(live, desired):
     for key in sorted(live_qdiscs):
         parent = key.split()[-1]
         if key.startswith("parent ") and key not in desired.qdiscs and parent in desired.classes \
-                and parent in live_classes and parent not in deleted:
+                and parent in live_classes and parent not in deleted and parent not in added:
             dels.append(["qdisc", "del", "dev", dev, "parent", parent])
-    missing = [desired.filters[k] for k in desired.filters if k not in live_filters]
-    for flt in sorted(missing, key=lambda f: (f.depth(), f.identity())):
-        adds.append(flt.add_args(dev, "ffff:" if flt.redirect else ROOT))
-    return [batch_line(a) for a in dels + adds + late]
+    missing = [(flt.depth(), k, flt) for k, flt in desired.filters.items()
+               if k not in live_filters or (gone_groups and _filter_qdisc(k) in gone_groups)]
+    for _depth, _k, flt in sorted(missing, key=lambda m: m[:2]):
+        adds.append(flt.add_args(dev, "ffff:" if flt.redirect else flt.qdisc))
+    return [batch_line(a) for a in dels + adds + late_inner + late]
 
 
 def _structural(identity):
@@ -582,15 +741,19 @@ def client_minors(live_filters, clients):
     """
     by_match = {}
     for ident in live_filters:
-        match = re.search(r" match (\S+(?: \S+@\d+)*) flowid 1:([0-9a-f]+)$", ident)
-        if match:
-            by_match[match.group(1)] = int(match.group(2), 16)
+        match = re.search(r" match (\S+(?: \S+@\d+)*) flowid ([0-9a-f]+):([0-9a-f]+)$", ident)
+        if not match:
+            continue
+        major, minor = int(match.group(2), 16), int(match.group(3), 16)
+        # a client's class: in its group, or right under 1:1 in the flat tree of earlier versions
+        if FIRST_CLIENT_MINOR <= minor <= LAST_CLIENT_MINOR and major in (1, group_major(minor)):
+            by_match[match.group(1)] = minor
     taken, minors = set(), {}
     for client in clients:
         for net in client["networks"]:
             tail = ADDR_TAIL[net.version]["dst"]
             minor = by_match.get(_match(_keys_for(net, tail)))
-            if minor is not None and FIRST_CLIENT_MINOR <= minor <= LAST_CLIENT_MINOR and minor not in taken:
+            if minor is not None and minor not in taken:
                 minors[client["name"]] = minor
                 taken.add(minor)
                 break

@@ -18,9 +18,16 @@ description:
     no listed client (C(1:2)), optionally a prioritised class for interactive traffic
     (C(1:3)), and one class per client whose ceil is the client's rate. Clients share what
     the cap leaves over equally (same quantum).
+  - Clients are kept in groups of at most 250, each a class C(1:<G>) (C(G) from C(8000))
+    holding a child C(htb) qdisc C(<G>:) whose class C(<G>:1) holds the clients' classes
+    C(<G>:<m>). The kernel walks all classes of a qdisc for every class added to it;
+    groups keep that walk short. A client keeps its number, hence its
+    group and class, across runs; at most 32752 clients per interface.
+  - A tree of an earlier version (every client class under C(1:1)) is rebuilt once.
   - Clients are found with two levels of C(u32) hash tables keyed on the last two bytes
-    of their address, so the per-packet cost does not grow with the number of clients.
-    Client networks that are not host addresses are matched one by one.
+    of their address leading to the group, then one table on the group's qdisc keyed on
+    the last byte leading to the client, so the per-packet cost does not grow with the
+    number of clients. Client networks that are not host addresses are matched one by one.
   - The full batch is persisted under O(persist_dir) for the boot unit
     C(higgs-vpn-shaping@<interface>.service), which rebuilds the shaping whenever the
     tunnel interface is re-created.
@@ -124,12 +131,15 @@ commands:
   returned: always
   type: list
   elements: str
-  sample: ["class change dev wg0 parent 1:1 classid 1:10 htb rate 1875000bit ceil 20000000bit quantum 1514 prio 1"]
+  sample:
+    - >-
+      class change dev wg0 parent 8000:1 classid 8000:10 htb rate 1875000bit ceil 20000000bit
+      burst 3046b cburst 25000b quantum 1514 prio 1
 classes:
   description: The class of each client, the same on both devices.
   returned: state is present
   type: dict
-  sample: {alice: "1:10", bob: "1:11"}
+  sample: {alice: "8000:10", bob: "8000:11"}
 ifb_interface:
   description: The ifb device shaping the upload.
   returned: always
@@ -168,14 +178,15 @@ ARGUMENT_SPEC = dict(
 )
 
 UNLIMITED = "unlimited"
+MAX_CLIENTS = _tc.LAST_CLIENT_MINOR - _tc.FIRST_CLIENT_MINOR + 1
 ATTEMPTS = 5
 ANY_RC = tuple(range(256))
 # The persisted batch names clients and classes, nothing secret: readable by the
 # unprivileged metrics collector.
 PERSIST_MODE = 0o644
 PERSIST_DIR_MODE = 0o755
-# <interface><SIDECAR>: JSON {interface, ifb, clients: [{name, classid, addresses,
-# filters: {device: [{pref, protocol, ht}]}}]}
+# <interface><SIDECAR>: JSON {interface, ifb, clients: [{name, classid, group, addresses,
+# filters: {device: [{pref, protocol, qdisc, ht}]}}]}
 SIDECAR = ".clients.json"
 
 
@@ -235,9 +246,10 @@ def validate(params):
             owners[net] = client["name"]
             entry["networks"].append(net)
         spec["clients"].append(entry)
-    if len(spec["clients"]) > _tc.LAST_CLIENT_MINOR - _tc.FIRST_CLIENT_MINOR + 1:
-        errors.append("clients: at most %d clients per interface"
-                      % (_tc.LAST_CLIENT_MINOR - _tc.FIRST_CLIENT_MINOR + 1))
+    if len(spec["clients"]) > MAX_CLIENTS:
+        errors.append("clients: %d clients, at most %d per interface (class numbers 0x%x to 0x%x); "
+                      "spread them over more tunnel interfaces" % (len(spec["clients"]), MAX_CLIENTS,
+                                                                   _tc.FIRST_CLIENT_MINOR, _tc.LAST_CLIENT_MINOR))
     return spec, errors
 
 
@@ -267,10 +279,12 @@ class Host:
         qdiscs = self.run([self.tc, "-j", "qdisc", "show", "dev", name])[1]
         classes = self.run([self.tc, "-d", "class", "show", "dev", name])[1]
         filters = self.run([self.tc, "-j", "filter", "show", "dev", name, "parent", _tc.ROOT], ok_rc=(0, 1, 2))[1]
+        groups = {handle: self.run([self.tc, "-j", "filter", "show", "dev", name, "parent", handle], ok_rc=(0, 1, 2))[1]
+                  or "[]" for handle in _tc.group_qdiscs(qdiscs)}
         ingress_filters = None
         if ingress:
             ingress_filters = self.run([self.tc, "-j", "filter", "show", "dev", name, "ingress"], ok_rc=(0, 1, 2))[1]
-        return _tc.live_device(name, qdiscs, classes, filters or "[]", ingress_filters or "[]")
+        return _tc.live_device(name, qdiscs, classes, filters or "[]", ingress_filters or "[]", groups)
 
     def batch(self, lines):
         if lines:
@@ -301,12 +315,13 @@ def sidecar(params, devices, clients):
         for flt in dev.filters.values():
             if flt.flowid:
                 by_class[dev.name].setdefault(flt.flowid, []).append(
-                    {"pref": flt.pref, "protocol": _tc.PROTO.get(flt.ver, "all"), "ht": flt.where})
+                    {"pref": flt.pref, "protocol": _tc.PROTO.get(flt.ver, "all"), "ht": flt.where, "qdisc": flt.qdisc})
     for client in clients:
-        classid = "1:%x" % client["minor"]
+        classid = _tc.client_classid(client["minor"])
         filters = {dev.name: sorted(by_class[dev.name].get(classid, []), key=lambda f: (f["pref"], f["ht"]))
                    for dev in devices}
         record["clients"].append(dict(name=client["name"], classid=classid,
+                                      group="1:%x" % _tc.group_major(client["minor"]),
                                       addresses=[str(n) for n in client["networks"]], filters=filters))
     # one client per line, compact: the C encoder (an indent would take the pure-Python one, 10x slower)
     rows = ",\n".join(json.dumps(c, sort_keys=True, separators=(",", ":")) for c in record["clients"])
@@ -348,7 +363,7 @@ def present(module, host, spec, result):
     stale = [s for s in texts if _owned.read_file(paths[s]) != texts[s] or _mode(paths[s]) != PERSIST_MODE]
     stale_dir = _mode(params["persist_dir"]) not in (None, PERSIST_DIR_MODE)
     ifb_down = ifb_link is None or "UP" not in ifb_link.get("flags", [])
-    result.update(commands=commands, classes={c["name"]: "1:%x" % c["minor"] for c in spec["clients"]},
+    result.update(commands=commands, classes={c["name"]: _tc.client_classid(c["minor"]) for c in spec["clients"]},
                   persisted=sorted(paths.values()), changed=bool(commands or stale or stale_dir or ifb_down))
     if module._diff:
         result["diff"] = dict(before="\n".join(line for d in live for line in d.lines()) + "\n",

@@ -143,7 +143,9 @@ def test_clients_playbook_changes_a_rate_and_revokes_a_client(tunnels, tmp_path)
        % (client, SERVER))
     psk_class = re.search(r'class="([0-9a-f:]+)",client="lab-psk"', metrics()).group(1)
     psk_hex = "%08x" % int.from_bytes(bytes(map(int, psk.split("."))), "big")
-    filters = on(NODE, "tc filter show dev wg0").stdout
+    # the client's filter is on its group's qdisc
+    group = psk_class.split(":")[0] + ":"
+    filters = on(NODE, "tc filter show dev wg0 parent %s" % group).stdout
     assert "flowid %s " % psk_class in filters and psk_hex in filters, filters
     key = on(NODE, "wg show wg0 dump").stdout
     psk_key = [line.split("\t")[0] for line in key.splitlines()[1:] if line.split("\t")[3].startswith(psk + "/")]
@@ -152,7 +154,8 @@ def test_clients_playbook_changes_a_rate_and_revokes_a_client(tunnels, tmp_path)
     assert psk_key[0] not in on(NODE, "wg show wg0 peers").stdout
     classes = on(NODE, "tc class show dev wg0; tc class show dev ifb-wg0").stdout
     assert "class htb %s " % psk_class not in classes, classes
-    filters = on(NODE, "tc filter show dev wg0; tc filter show dev ifb-wg0").stdout
+    filters = on(NODE, "for dev in wg0 ifb-wg0; do tc filter show dev $dev; tc filter show dev $dev parent %s; done"
+                 % group, check=False).stdout
     assert "flowid %s " % psk_class not in filters and psk_hex not in filters, filters
     assert psk not in on(NODE, "nft list table inet higgs_vpn_conn").stdout
     deadline = time.monotonic() + 30

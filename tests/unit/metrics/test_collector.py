@@ -33,7 +33,13 @@ PersistentKeepalive = off
 PublicKey = {BULK}
 PresharedKey = secret
 """
-TC_CLASSES = """class htb 1:10 parent 1:1 leaf 10: prio 1 rate 20Mbit ceil 20Mbit burst 1600b cburst 1600b
+TC_CLASSES = """class htb 1:8000 parent 1:1 leaf 8000: prio 1 rate 1875Kbit ceil 30Mbit burst 1599b cburst 1593b
+ Sent 2512345 bytes 1720 pkt (dropped 0, overlimits 0 requeues 0)
+ backlog 0b 0p requeues 0
+ lended: 20 borrowed: 1700 giants: 0
+ tokens: 9375 ctokens: 9375
+
+class htb 8000:10 root leaf 10: prio 1 rate 1875Kbit ceil 20Mbit burst 1600b cburst 1600b
  Sent 2512345 bytes 1720 pkt (dropped 37, overlimits 912 requeues 0)
  backlog 4542b 3p requeues 0
  lended: 1700 borrowed: 0 giants: 0
@@ -95,7 +101,8 @@ def test_wg_dump_refuses_unknown_lines():
 
 def test_tc_classes():
     assert m.parse_classes(TC_CLASSES) == [
-        {"classid": "1:10", "bytes": 2512345, "packets": 1720, "drops": 37, "overlimits": 912, "backlog": 3},
+        {"classid": "1:8000", "bytes": 2512345, "packets": 1720, "drops": 0, "overlimits": 0, "backlog": 0},
+        {"classid": "8000:10", "bytes": 2512345, "packets": 1720, "drops": 37, "overlimits": 912, "backlog": 3},
         {"classid": "1:1", "bytes": 2600000, "packets": 1800, "drops": 0, "overlimits": 0, "backlog": 0},
     ]
 
@@ -131,10 +138,12 @@ def test_sidecar_records_each_client_and_the_batch_names_none():
     record = json.loads(texts[tc_shaping.SIDECAR])
     assert record["interface"] == "wg0" and record["ifb"] == "ifb-wg0"
     (alice,) = record["clients"]
-    assert (alice["name"], alice["classid"], alice["addresses"]) == ("alice", "1:10", ["10.66.0.2/32", "fd66::2/128"])
-    # one host filter per family and device, in the second-level hash table of its address
-    assert {dev: [(f["protocol"], f["ht"]) for f in flts] for dev, flts in alice["filters"].items()} == {
-        "wg0": [("ip", "100:2"), ("ipv6", "200:2")], "ifb-wg0": [("ip", "100:2"), ("ipv6", "200:2")]}
+    assert (alice["name"], alice["classid"], alice["group"], alice["addresses"]) == (
+        "alice", "8000:10", "1:8000", ["10.66.0.2/32", "fd66::2/128"])
+    # one host filter per family and device leads to the class: in its group's qdisc, hashed on the last byte
+    assert {dev: [(f["protocol"], f["qdisc"], f["ht"]) for f in flts] for dev, flts in alice["filters"].items()} == {
+        "wg0": [("ip", "8000:", "10:2"), ("ipv6", "8000:", "11:2")],
+        "ifb-wg0": [("ip", "8000:", "10:2"), ("ipv6", "8000:", "11:2")]}
     assert "alice" not in texts[".tc"]
 
 
@@ -143,8 +152,8 @@ def test_shaping_classes_are_named_from_the_sidecar_only(tmp_path):
     assert m.shaped_devices(tmp_path) == []
     (tmp_path / "wg0.clients.json").write_text(
         tc_shaping.sidecar({"interface": "wg0", "ifb_interface": "ifb7"}, tc_plan(), [ALICE_SHAPED]))
-    assert m.shaped_devices(tmp_path) == [("wg0", "wg0", "down", {"1:10": "alice"}),
-                                          ("wg0", "ifb7", "up", {"1:10": "alice"})]
+    assert m.shaped_devices(tmp_path) == [("wg0", "wg0", "down", {"8000:10": "alice"}),
+                                          ("wg0", "ifb7", "up", {"8000:10": "alice"})]
 
 
 @pytest.fixture
@@ -187,7 +196,10 @@ def test_collect_writes_every_source(node):
     assert f"higgs_wireguard_peer_latest_handshake_timestamp_seconds{{{bulk}}} 0" in text
     assert 'higgs_wireguard_peers{interface="wg0"} 2' in text
     assert ('higgs_shaping_dropped_packets_total{interface="wg0",device="ifb-wg0",direction="up",'
-            'class="1:10",client="alice"} 37') in text
+            'class="8000:10",client="alice"} 37') in text
+    # the group class counts the same traffic: it names no client
+    assert ('higgs_shaping_sent_bytes_total{interface="wg0",device="wg0",direction="down",'
+            'class="1:8000",client=""} 2512345') in text
     assert ('higgs_shaping_sent_bytes_total{interface="wg0",device="wg0",direction="down",'
             'class="1:1",client=""} 2600000') in text
     assert 'higgs_firewall_packets_total{table="inet higgs_vpn",chain="forward",verdict="drop"} 10' in text
