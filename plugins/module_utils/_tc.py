@@ -616,6 +616,20 @@ def _group_handles(device):
     return out
 
 
+def _unwanted_classes(classids, live_classes, desired, dev, dels, deleted):
+    """Of ``classids`` (live, in order): the deletions of those not wanted, returned to run last;
+    those that hang from another parent are deleted now (appended to ``dels``, added to ``deleted``)."""
+    late = []
+    for classid in classids:
+        want = desired.classes.get(classid)
+        if want is None:
+            late.append(["class", "del", "dev", dev, "classid", classid])
+        elif live_classes[classid][0].split()[1] != want[1][5]:
+            dels.append(["class", "del", "dev", dev, "classid", classid])
+            deleted.add(classid)
+    return late
+
+
 def diff(live, desired):
     """Batch lines turning ``live`` into ``desired`` (both Devices of one name).
 
@@ -647,14 +661,8 @@ def diff(live, desired):
     # classes of 1: that are not wanted, or hang from another parent, are deleted
     deleted, added, changed = set(), set(), set()
     # (deleted last, inner before top: the kernel lets go of a class a moment after its filters)
-    late, late_inner = [], []
-    for classid in sorted(c for c in live_classes if c.startswith("1:")):
-        want = desired.classes.get(classid)
-        if want is None:
-            late.append(["class", "del", "dev", dev, "classid", classid])
-        elif live_classes[classid][0].split()[1] != want[1][5]:
-            dels.append(["class", "del", "dev", dev, "classid", classid])
-            deleted.add(classid)
+    late = _unwanted_classes(sorted(c for c in live_classes if c.startswith("1:")), live_classes, desired, dev,
+                             dels, deleted)
     # the groups whose content does not survive: the class goes, or the qdisc is not the wanted one
     kept = set()
     for key, (ident, args) in desired.qdiscs.items():
@@ -671,15 +679,9 @@ def diff(live, desired):
             and _filter_qdisc(k) not in gone_groups]
     dels += [live_filters[k] for k in sorted(gone)]
     # classes inside the groups, bottom up
-    for classid in sorted((c for c in live_classes if not c.startswith("1:")), key=_classkey, reverse=True):
-        if classid.split(":")[0] + ":" in gone_groups:
-            continue
-        want = desired.classes.get(classid)
-        if want is None:
-            late_inner.append(["class", "del", "dev", dev, "classid", classid])
-        elif live_classes[classid][0].split()[1] != want[1][5]:
-            dels.append(["class", "del", "dev", dev, "classid", classid])
-            deleted.add(classid)
+    late_inner = _unwanted_classes(
+        [c for c in sorted((c for c in live_classes if not c.startswith("1:")), key=_classkey, reverse=True)
+         if c.split(":")[0] + ":" not in gone_groups], live_classes, desired, dev, dels, deleted)
     top = sorted((c for c in desired.classes if c.startswith("1:")), key=_classkey)
     inner = sorted((c for c in desired.classes if not c.startswith("1:")), key=_classkey)
     for stage, classids in enumerate((top, inner)):
