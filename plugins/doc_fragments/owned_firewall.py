@@ -34,6 +34,14 @@ options:
     type: list
     elements: str
     default: []
+  remove_other_backend:
+    description:
+      - With O(state=present), first remove what the other backend left of this table (its rules, persisted
+        files and boot restore), as a call with O(state=absent) and that backend would. A role switching
+        backend does both in one call; the result tells it in RV(other_backend_removed).
+    type: bool
+    default: false
+    version_added: 0.3.0
 attributes:
   check_mode:
     support: full

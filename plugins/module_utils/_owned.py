@@ -57,6 +57,7 @@ ARGUMENT_SPEC = dict(
     tunnel_interfaces=dict(type="list", elements="str", default=["wg0"]),
     persist_dir=dict(type="path", default="/etc/higgs-vpn/firewall"),
     restore_after=dict(type="list", elements="str", default=[]),
+    remove_other_backend=dict(type="bool", default=False),
 )
 UNIT_DIR = "/etc/systemd/system"
 WANTS = "sysinit.target.wants"
@@ -525,10 +526,23 @@ def run_module(argument_spec, validate, render, what):
     if errors:
         module.fail_json(msg="invalid %s: %s" % (what, "; ".join(errors)), errors=errors)
     rendered = render(params) if params["state"] == "present" else None
+    removed = None
+    if params["remove_other_backend"] and params["state"] == "present":
+        # first, as a task with state=absent and the other backend would: a switch of backend in one call
+        other = next(b for b in BACKENDS if b != params["backend"])
+        removed = sync(module, other, params["table"], params["persist_dir"], state="absent")
+        other_paths = persist_paths(other, params["table"], params["persist_dir"])
+        if boot_sync(module, other, params["table"], other_paths, [], "absent"):
+            removed["changed"] = True
     result = sync(module, params["backend"], params["table"], params["persist_dir"], rendered, params["state"])
     paths = persist_paths(params["backend"], params["table"], params["persist_dir"])
     if boot_sync(module, params["backend"], params["table"], paths, params["restore_after"], params["state"]):
         result["changed"] = True
+    if removed is not None:
+        result["other_backend_removed"] = removed["changed"]
+        result["changed"] = result["changed"] or removed["changed"]
+        if module._diff and removed["changed"]:
+            result["diff"] = [removed["diff"], result["diff"]]
     if rendered is not None:
         result["ruleset"] = rendered
     return module, result

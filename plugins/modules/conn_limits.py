@@ -65,6 +65,11 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+other_backend_removed:
+  description: Whether the other backend's rules, files or boot restore were (or would be) removed.
+  returned: O(remove_other_backend=true) and O(state=present)
+  type: bool
+  sample: false
 ruleset:
   description: The rendered ruleset (nft file, or iptables-restore text per family).
   returned: state is present

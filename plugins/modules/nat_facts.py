@@ -116,6 +116,7 @@ ansible_facts:
           sample: relay
 """
 
+import ipaddress
 import json
 import os
 
@@ -126,10 +127,26 @@ ROUTES = ("direct", "relay")
 NAT_TYPES = ("FullCone", "RestrictedCone", "PortRestricted", "Symmetric")
 
 
+def address_and_port(endpoint):
+    """Whether endpoint is IPv4:port, as the agent writes it (it goes into the clients' profiles)."""
+    if not isinstance(endpoint, str):
+        return False
+    host, sep, port = endpoint.rpartition(":")
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        return False
+    return bool(sep) and port.isdigit() and 0 < int(port) < 65536
+
+
 def checked(module, state, source):
     if (not isinstance(state, dict) or state.get("route") not in ROUTES
             or state.get("nat_type") not in NAT_TYPES):
         module.fail_json(msg="%s is not a NAT state written by the higgs-nat agent" % source)
+    endpoint = state.get("endpoint")
+    if not (address_and_port(endpoint) if state["route"] == "direct" else endpoint is None):
+        module.fail_json(msg="%s has the endpoint %s, not an IPv4 address:port for the direct route (none for the "
+                             "relay route)" % (source, json.dumps(endpoint)[:80]))
     return state
 
 

@@ -17,6 +17,7 @@ description:
   - An existing file that does not hold a valid key makes the module fail unless O(force=true),
     so a damaged key is never silently replaced.
   - Ownership and mode of an existing key are corrected (reported as a change).
+  - Missing directories above a new key are made, each with mode 0700 (a key's directory is private).
   - When the C(wg) command is missing (for example on a controller generating client keys),
     the keys are computed with the Python C(cryptography) library (X25519), which gives the
     same result.
@@ -187,10 +188,18 @@ def read_key(path):
         return None, None
 
 
+def private_dirs(directory):
+    """Make the missing directories down to directory, each 0700 whatever the umask."""
+    if os.path.isdir(directory):
+        return
+    private_dirs(os.path.dirname(directory))
+    os.mkdir(directory)
+    os.chmod(directory, 0o700)
+
+
 def write_key(module, path, private, uid):
-    directory = os.path.dirname(path) or "."
-    if not os.path.isdir(directory):
-        os.makedirs(directory, 0o700)
+    directory = os.path.dirname(os.path.abspath(path))
+    private_dirs(directory)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".higgs-key-")
     try:
         os.fchmod(fd, 0o600)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 
 import pytest
+from ansible.module_utils.basic import AnsibleModule
+from module_run import run_main, stop_at_exit
 
 from ansible_collections.higgs.vpn.plugins.module_utils import _owned
 from ansible_collections.higgs.vpn.plugins.modules import firewall
@@ -151,3 +153,54 @@ def test_removal_after_a_boot_keeps_a_foreign_table_the_boot_unit_created_first(
     assert "higgs_vpn_postrouting" in host.tables[("ip6", "nat")]
     _owned.sync(module, "iptables", "higgs_vpn", persist, state="absent")
     assert host.view() == IptablesNft(DOCKER_V6_NAT).view()
+
+
+class WithNftables(IptablesNft):
+    """IptablesNft plus the collection's own ``inet`` table (nft list/-f/delete table inet)."""
+
+    def __init__(self, tables):
+        super().__init__(tables)
+        self.inet = {}
+
+    def run(self, argv, data=None, **kwargs):
+        if os.path.basename(argv[0]) != "nft" or not (argv[1] == "-f" or argv[3] == "inet"):
+            return super().run(argv, data=data, **kwargs)
+        if argv[1] == "-f":
+            name = data.split("table inet ", 1)[1].split()[0]
+            self.inet[name] = data
+            return 0, "", ""
+        if argv[1] == "delete":
+            del self.inet[argv[4]]
+            return 0, "", ""
+        if argv[4] not in self.inet:
+            return 1, "", "Error: No such file or directory"
+        return 0, self.inet[argv[4]], ""
+
+
+def test_one_call_switches_the_backend(tmp_path, monkeypatch):
+    """remove_other_backend: the iptables chains, files and boot restore go; the nftables table comes, in one call."""
+    host = WithNftables(DOCKER_V6_NAT)
+    before = host.view()
+    monkeypatch.setattr(AnsibleModule, "get_bin_path",
+                        lambda self, name, required=False, opt_dirs=None: "/usr/sbin/" + name)
+    monkeypatch.setattr(AnsibleModule, "run_command", lambda self, argv, **kw: host.run(argv, **kw))
+    monkeypatch.setattr(_owned, "UNIT_DIR", str(tmp_path / "units"))
+    monkeypatch.setattr(_owned, "_systemctl", lambda module, *args: None)
+    stop_at_exit(monkeypatch)
+    persist = tmp_path / "fw"
+    args = {k: v for k, v in PARAMS.items() if k not in ("state",)}
+    args.update(persist_dir=str(persist), _ansible_diff=True)
+    first = run_main(firewall, args)
+    assert first["changed"] and "other_backend_removed" not in first and (persist / "higgs_vpn.ipv4.rules").exists()
+    assert "higgs_vpn_postrouting" in host.tables[("ip6", "nat")]
+
+    switched = run_main(firewall, dict(args, backend="nftables", remove_other_backend=True))
+    assert switched["changed"] and switched["other_backend_removed"] and len(switched["diff"]) == 2
+    assert host.view() == before                       # the iptables chains and the tables made for them are gone
+    assert sorted(os.listdir(persist)) == ["higgs_vpn.nft"] and "higgs_vpn" in host.inet
+    units = tmp_path / "units"
+    assert sorted(os.listdir(units / _owned.WANTS)) == ["higgs-vpn-nft@higgs_vpn.service"]
+    assert not (units / "higgs-vpn-iptables@.service").exists()
+
+    again = run_main(firewall, dict(args, backend="nftables", remove_other_backend=True))
+    assert not again["changed"] and again["other_backend_removed"] is False

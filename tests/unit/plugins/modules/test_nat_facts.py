@@ -43,6 +43,11 @@ def test_no_state_yet_is_null(tmp_path):
     (json.dumps(dict(STATE, route="sideways")), "not a NAT state"),
     (json.dumps(dict(STATE, nat_type="Open")), "not a NAT state"),
     (json.dumps([STATE]), "not a NAT state"),
+    (json.dumps(dict(STATE, endpoint="11.47.0.1:51820\nPostUp = x")), "not an IPv4 address:port"),
+    (json.dumps(dict(STATE, endpoint="router.example:51820")), "not an IPv4 address:port"),
+    (json.dumps(dict(STATE, endpoint="11.47.0.1:0")), "not an IPv4 address:port"),
+    (json.dumps(dict(STATE, endpoint=None)), "not an IPv4 address:port"),
+    (json.dumps(dict(STATE, route="relay")), "not an IPv4 address:port"),
     (json.dumps(dict(STATE, pad="x" * nat_facts.MAX_STATE)), "larger than"),
 ])
 def test_a_bad_state_file_fails_naming_it(tmp_path, content, why):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
 
@@ -117,6 +118,19 @@ def test_many_keys_in_one_call(monkeypatch, tmp_path):
     assert again["public_keys"] == result["public_keys"]
     for private in PAIRS:
         assert private not in repr(result) + repr(again)
+
+
+def test_missing_directories_are_made_private(monkeypatch, tmp_path):
+    """The controller's profile directory and its per-node directory are made 0700, not per the umask."""
+    new = tmp_path / "profiles" / "node1" / "alice.key"
+    old_umask = os.umask(0o022)
+    try:
+        result, _, _ = run(monkeypatch, tmp_path, {"params": {"paths": [str(new)]}})
+    finally:
+        os.umask(old_umask)
+    assert result["created_paths"] == [str(new)]
+    for directory in (new.parent, new.parent.parent):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700, directory
 
 
 def test_path_and_paths_exclude_each_other(monkeypatch, tmp_path):
