@@ -43,15 +43,8 @@ options:
     elements: path
     default: []
 extends_documentation_fragment:
+  - higgs.vpn.no_diff
   - ansible.builtin.action_common_attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
-  platform:
-    support: full
-    platforms: debian
 """
 
 EXAMPLES = r"""

@@ -59,15 +59,8 @@ options:
     type: int
     default: 180
 extends_documentation_fragment:
+  - higgs.vpn.no_diff
   - ansible.builtin.action_common_attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
-  platform:
-    support: full
-    platforms: posix
 """
 
 EXAMPLES = r"""
