@@ -193,7 +193,10 @@ def private_dirs(directory):
     if os.path.isdir(directory):
         return
     private_dirs(os.path.dirname(directory))
-    os.mkdir(directory)
+    try:
+        os.mkdir(directory)
+    except FileExistsError:
+        return  # made meanwhile by the run of another node (client keys share the controller's directory)
     os.chmod(directory, 0o700)
 
 

@@ -133,6 +133,22 @@ def test_missing_directories_are_made_private(monkeypatch, tmp_path):
         assert stat.S_IMODE(directory.stat().st_mode) == 0o700, directory
 
 
+def test_a_directory_made_meanwhile_by_another_run_is_no_error(monkeypatch, tmp_path):
+    """Two nodes' client keys are made on the controller at once, in one shared profile directory."""
+    new = tmp_path / "profiles" / "node2" / "bob.key"
+    real_mkdir = os.mkdir
+
+    def racing_mkdir(path, *args):
+        if path == str(tmp_path / "profiles"):
+            real_mkdir(path)  # the other node's run wins the race
+        real_mkdir(path, *args)
+
+    monkeypatch.setattr(wg_key.os, "mkdir", racing_mkdir)
+    result, _, _ = run(monkeypatch, tmp_path, {"params": {"paths": [str(new)]}})
+    assert not result.get("failed"), result
+    assert result["created_paths"] == [str(new)] and new.exists()
+
+
 def test_path_and_paths_exclude_each_other(monkeypatch, tmp_path):
     both = {"path": str(tmp_path / "b.key"), "paths": [str(tmp_path / "a.key")]}
     result, _, _ = run(monkeypatch, tmp_path, {"params": both})
