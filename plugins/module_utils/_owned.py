@@ -530,14 +530,9 @@ def run_module(argument_spec, validate, render, what):
     if params["remove_other_backend"] and params["state"] == "present":
         # first, as a task with state=absent and the other backend would: a switch of backend in one call
         other = next(b for b in BACKENDS if b != params["backend"])
-        removed = sync(module, other, params["table"], params["persist_dir"], state="absent")
-        other_paths = persist_paths(other, params["table"], params["persist_dir"])
-        if boot_sync(module, other, params["table"], other_paths, [], "absent"):
-            removed["changed"] = True
-    result = sync(module, params["backend"], params["table"], params["persist_dir"], rendered, params["state"])
-    paths = persist_paths(params["backend"], params["table"], params["persist_dir"])
-    if boot_sync(module, params["backend"], params["table"], paths, params["restore_after"], params["state"]):
-        result["changed"] = True
+        removed = converge(module, other, params["table"], params["persist_dir"], None, [], "absent")
+    result = converge(module, params["backend"], params["table"], params["persist_dir"], rendered,
+                      params["restore_after"], params["state"])
     if removed is not None:
         result["other_backend_removed"] = removed["changed"]
         result["changed"] = result["changed"] or removed["changed"]
@@ -546,6 +541,14 @@ def run_module(argument_spec, validate, render, what):
     if rendered is not None:
         result["ruleset"] = rendered
     return module, result
+
+
+def converge(module, backend, name, persist_dir, rendered, after, state):
+    """The owned objects ``name`` of ``backend`` and their boot restore (:func:`sync`, :func:`boot_sync`)."""
+    result = sync(module, backend, name, persist_dir, rendered, state)
+    if boot_sync(module, backend, name, persist_paths(backend, name, persist_dir), after, state):
+        result["changed"] = True
+    return result
 
 
 def sync(module, backend, name, persist_dir, rendered=None, state="present"):
