@@ -6,20 +6,35 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 ---
 module: host_probe
-short_description: Read what a converge needs to know of a host in one call (packages, accounts, paths, small files)
+short_description: Read what a converge needs to know of a host in one call (facts, packages, accounts, paths, files)
 version_added: 0.3.0
 description:
-  - One round trip instead of one task per question. The node role asks it, before its package
-    transaction, what its parts would otherwise find out one task at a time. It reports the missing
-    packages (the transaction runs only when one is missing), the system accounts that already exist
-    (a part creates its account only when it is missing or differs), the paths that exist and the
-    contents of small state files.
+  - One round trip instead of one task per question. The node role asks it twice. In its preflight,
+    for the few facts its checks need (instead of the C(setup) module), whether the kernel features
+    a node needs exist, and the client addresses handed out before. Before its package transaction,
+    for what its parts would otherwise find out one task at a time. It reports the missing packages (the
+    transaction runs only when one is missing), the system accounts that already exist (a part
+    creates its account only when it is missing or differs), the paths that exist and the contents
+    of state files.
   - It only reads; it never changes the host.
 author:
   - Higgs.net node engineering (!UNKNOWN)
 requirements:
   - C(dpkg-query) on the managed node when O(packages) is not empty.
+  - iproute2 with JSON output support (C(ip -j)) on the managed node when O(facts=true).
 options:
+  facts:
+    description:
+      - Return, as facts under the names and in the form the C(setup) module gives them, the
+        distribution (C(distribution), C(distribution_version), C(distribution_major_version),
+        C(distribution_release), read as C(setup) reads them), C(memtotal_mb), every address of the
+        host (C(all_ipv4_addresses) without 127.0.0.0/8, C(all_ipv6_addresses) without C(::1)), and
+        the interfaces with their addresses (C(interfaces); per interface, named with C(-) and C(.)
+        as C(_), C(ipv4) and C(ipv4_secondaries) with address and netmask, C(ipv6) with address,
+        prefix and scope), the part of the network facts the roles read.
+      - About a second less than C(setup) with the distribution, hardware and network subsets.
+    type: bool
+    default: false
   packages:
     description: Debian packages whose state is wanted; the ones not installed are in RV(missing_packages).
     type: list
@@ -37,7 +52,7 @@ options:
     default: []
   files:
     description:
-      - Small text files whose contents are wanted (RV(files)), at most 64 KiB each.
+      - Text files whose contents are wanted (RV(files)), at most 4 MiB each.
       - Give no secret file here, as its contents are returned.
     type: list
     elements: path
@@ -48,6 +63,13 @@ extends_documentation_fragment:
 """
 
 EXAMPLES = r"""
+- name: Read the facts the checks need, the kernel features and the client addresses handed out before
+  higgs.vpn.host_probe:
+    facts: true
+    paths: [/proc/sys/net/ipv4/ip_forward, /dev/net/tun]
+    files: [/etc/wireguard/wg0.clients.json]
+  register: host
+
 - name: Read which packages, accounts and state files the parts need
   higgs.vpn.host_probe:
     packages: [nftables, unbound]
@@ -58,6 +80,26 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+ansible_facts:
+  description: With O(facts=true), the facts named there.
+  returned: when O(facts=true)
+  type: dict
+  sample:
+    distribution: Debian
+    distribution_version: "12.11"
+    distribution_major_version: "12"
+    distribution_release: bookworm
+    memtotal_mb: 1987
+    all_ipv4_addresses: [192.0.2.10]
+    all_ipv6_addresses: ["2001:db8::10", "fe80::1"]
+    interfaces: [lo, eth0]
+    eth0:
+      device: eth0
+      ipv4: {address: 192.0.2.10, netmask: 255.255.255.0}
+      ipv4_secondaries: []
+      ipv6:
+        - {address: "2001:db8::10", prefix: "64", scope: global}
+        - {address: "fe80::1", prefix: "64", scope: link}
 missing_packages:
   description: The ones of O(packages) that are not installed (unknown to dpkg, removed, or half-installed).
   returned: always
@@ -82,12 +124,17 @@ files:
   sample: {/etc/higgs-vpn/relay/node-id: "5b0d3c1e-8a43-4a8e-9d1c-6f1e2b3a4c5d\n"}
 """
 
+import ipaddress
+import json
 import os
 import pwd
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.facts.system.distribution import DistributionFactCollector
 
-MAX_FILE = 1 << 16
+MAX_FILE = 4 << 20
+MEMINFO = "/proc/meminfo"
+DISTRIBUTION_FACTS = ("distribution", "distribution_version", "distribution_major_version", "distribution_release")
 # the status in three letters (desired, status, error flag), then the name
 DPKG_FORMAT = "${db:Status-Abbrev}${Package}\n"
 
@@ -118,9 +165,64 @@ def account(name):
     return {"home": entry.pw_dir, "shell": entry.pw_shell}
 
 
+def memtotal_mb(module):
+    try:
+        with open(MEMINFO, encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) // 1024
+    except (OSError, ValueError, IndexError) as exc:
+        module.fail_json(msg="cannot read MemTotal from %s: %s" % (MEMINFO, exc))
+    module.fail_json(msg="%s has no MemTotal line" % MEMINFO)
+
+
+def network_facts(links):
+    """The network facts of setup's network subset that the roles read, from ``ip -j addr show``.
+
+    ``all_ipv4_addresses`` (no 127.0.0.0/8), ``all_ipv6_addresses`` (no ::1), ``interfaces`` and,
+    per interface (named as setup names it, - and . as _), ``ipv4`` (the first address) and
+    ``ipv4_secondaries`` as address and netmask, ``ipv6`` as address, prefix and scope.
+    """
+    facts = {"all_ipv4_addresses": [], "all_ipv6_addresses": [], "interfaces": []}
+    for link in links:
+        name = link["ifname"]
+        facts["interfaces"].append(name)
+        v4, v6 = [], []
+        for entry in link.get("addr_info", []):
+            if entry.get("family") == "inet":
+                netmask = str(ipaddress.IPv4Network("0.0.0.0/%d" % entry["prefixlen"]).netmask)
+                v4.append({"address": entry["local"], "netmask": netmask})
+            elif entry.get("family") == "inet6":
+                v6.append({"address": entry["local"], "prefix": str(entry["prefixlen"]), "scope": entry["scope"]})
+        facts["all_ipv4_addresses"] += [e["address"] for e in v4 if not e["address"].startswith("127.")]
+        facts["all_ipv6_addresses"] += [e["address"] for e in v6 if e["address"] != "::1"]
+        info = {"device": name}
+        if v4:
+            info.update(ipv4=v4[0], ipv4_secondaries=v4[1:])
+        if v6:
+            info["ipv6"] = v6
+        facts[name.replace("-", "_").replace(".", "_")] = info
+    return facts
+
+
+def host_facts(module):
+    distribution = DistributionFactCollector().collect(module=module)
+    facts = {name: distribution.get(name) for name in DISTRIBUTION_FACTS}
+    facts["memtotal_mb"] = memtotal_mb(module)
+    rc, out, err = module.run_command([module.get_bin_path("ip", required=True), "-j", "addr", "show"])
+    if rc != 0:
+        module.fail_json(msg="ip addr show failed: %s" % err.strip(), rc=rc)
+    try:
+        facts.update(network_facts(json.loads(out)))
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        module.fail_json(msg="cannot read the output of ip -j addr show: %r" % exc)
+    return facts
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
+            facts=dict(type="bool", default=False),
             packages=dict(type="list", elements="str", default=[]),
             users=dict(type="list", elements="str", default=[]),
             paths=dict(type="list", elements="path", default=[]),
@@ -140,13 +242,16 @@ def main():
         have = installed(out.splitlines())
         missing = [name for name in wanted if name not in have]
     accounts = {name: account(name) for name in params["users"]}
-    module.exit_json(
+    result = dict(
         changed=False,
         missing_packages=missing,
         users={name: found for name, found in accounts.items() if found is not None},
         paths=[path for path in params["paths"] if os.path.lexists(path)],
         files={path: read_small(module, path) for path in params["files"]},
     )
+    if params["facts"]:
+        result["ansible_facts"] = host_facts(module)
+    module.exit_json(**result)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,12 @@ options:
     description: The agent's state file.
     type: path
     default: /var/lib/higgs-nat/state.json
+  read:
+    description:
+      - The contents of state files read already (for example RV(higgs.vpn.host_probe#module:files)), by path,
+        V(null) for a missing one. When it holds O(path), the state is checked and returned on the
+        controller by the module's action, and nothing runs on the host.
+    type: dict
   probe:
     description: Measure now with the installed agent instead of reading the last state.
     type: bool
@@ -52,6 +58,10 @@ attributes:
 EXAMPLES = r"""
 - name: Read how the node is reached
   higgs.vpn.nat_facts:
+
+- name: The state the probe read already (checked on the controller, no round trip)
+  higgs.vpn.nat_facts:
+    read: "{{ probe.files }}"
 
 - name: Measure again (no mapping is made or renewed)
   higgs.vpn.nat_facts:
@@ -116,44 +126,19 @@ ansible_facts:
           sample: relay
 """
 
-import ipaddress
 import json
 import os
 
 from ansible.module_utils.basic import AnsibleModule
 
-MAX_STATE = 1 << 16
-ROUTES = ("direct", "relay")
-NAT_TYPES = ("FullCone", "RestrictedCone", "PortRestricted", "Symmetric")
-
-
-def address_and_port(endpoint):
-    """Whether endpoint is IPv4:port, as the agent writes it (it goes into the clients' profiles)."""
-    if not isinstance(endpoint, str):
-        return False
-    host, sep, port = endpoint.rpartition(":")
-    try:
-        ipaddress.IPv4Address(host)
-    except ValueError:
-        return False
-    return bool(sep) and port.isdigit() and 0 < int(port) < 65536
-
-
-def checked(module, state, source):
-    if (not isinstance(state, dict) or state.get("route") not in ROUTES
-            or state.get("nat_type") not in NAT_TYPES):
-        module.fail_json(msg="%s is not a NAT state written by the higgs-nat agent" % source)
-    endpoint = state.get("endpoint")
-    if not (address_and_port(endpoint) if state["route"] == "direct" else endpoint is None):
-        module.fail_json(msg="%s has the endpoint %s, not an IPv4 address:port for the direct route (none for the "
-                             "relay route)" % (source, json.dumps(endpoint)[:80]))
-    return state
+from ansible_collections.higgs.vpn.plugins.module_utils import _nat
 
 
 def main():
     module = AnsibleModule(
         argument_spec={
-            "path": {"type": "path", "default": "/var/lib/higgs-nat/state.json"},
+            "path": {"type": "path", "default": _nat.DEFAULT_PATH},
+            "read": {"type": "dict"},
             "probe": {"type": "bool", "default": False},
             "config": {"type": "path", "default": "/etc/higgs-vpn/nat/agent.json"},
             "agent": {"type": "path", "default": "/usr/local/lib/higgs-nat/higgs-nat.pyz"},
@@ -174,22 +159,22 @@ def main():
             state = json.loads(out)
         except ValueError:
             module.fail_json(msg="the higgs-nat probe printed no JSON state")
-        state = checked(module, state, "the probe's output")
-    else:
+        try:
+            state = _nat.checked(state, "the probe's output")
+        except ValueError as exc:
+            module.fail_json(msg=str(exc))
+    else:  # read holds no contents of path (the action answers on the controller when it does)
         try:
             with open(params["path"], encoding="utf-8") as handle:
-                text = handle.read(MAX_STATE + 1)
+                text = handle.read(_nat.MAX_STATE + 1)
         except FileNotFoundError:
             module.exit_json(changed=False, ansible_facts={"higgs_nat": None})
         except OSError as exc:
             module.fail_json(msg="cannot read %s: %s" % (params["path"], exc))
-        if len(text) > MAX_STATE:
-            module.fail_json(msg="%s is larger than %d bytes" % (params["path"], MAX_STATE))
         try:
-            state = json.loads(text)
-        except ValueError:
-            module.fail_json(msg="%s is not JSON" % params["path"])
-        state = checked(module, state, params["path"])
+            state = _nat.parse(text, params["path"])
+        except ValueError as exc:
+            module.fail_json(msg=str(exc))
     module.exit_json(changed=False, ansible_facts={"higgs_nat": state})
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pwd
 
 import pytest
@@ -10,6 +11,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from module_run import run_main, stop_at_exit
 
+from ansible_collections.higgs.vpn.plugins.filter import network
 from ansible_collections.higgs.vpn.plugins.modules import host_probe
 
 # dpkg-query -W -f '${db:Status-Abbrev}${Package}\n' as it prints them: rc 1 and a message
@@ -88,8 +90,48 @@ def test_dpkg_failing_otherwise_fails(host, monkeypatch):
 
 def test_documented_options_and_examples_match_the_argument_spec():
     doc = yaml.safe_load(host_probe.DOCUMENTATION)["options"]
-    assert set(doc) == {"packages", "users", "paths", "files"}
+    assert set(doc) == {"facts", "packages", "users", "paths", "files"}
     spec = {name: {"type": o["type"], **({"elements": o["elements"]} if "elements" in o else {}),
                    "default": o.get("default")} for name, o in doc.items()}
     for task in yaml.safe_load(host_probe.EXAMPLES):
         assert not ArgumentSpecValidator(spec).validate(task["higgs.vpn.host_probe"]).error_messages
+
+
+# ip -j addr show of a node: loopback, a LAN with a secondary address, a VLAN, the tunnel
+IP_ADDR = [
+    {"ifname": "lo", "addr_info": [{"family": "inet", "local": "127.0.0.1", "prefixlen": 8, "scope": "host"},
+                                   {"family": "inet6", "local": "::1", "prefixlen": 128, "scope": "host"}]},
+    {"ifname": "eth0", "addr_info": [
+        {"family": "inet", "local": "192.168.1.20", "prefixlen": 24, "scope": "global"},
+        {"family": "inet", "local": "172.17.0.1", "prefixlen": 32, "scope": "global", "secondary": True},
+        {"family": "inet6", "local": "2001:db8:1::20", "prefixlen": 64, "scope": "global"},
+        {"family": "inet6", "local": "fe80::1", "prefixlen": 64, "scope": "link"}]},
+    {"ifname": "eth0.100", "addr_info": [{"family": "inet", "local": "172.16.5.1", "prefixlen": 16,
+                                          "scope": "global"}]},
+    {"ifname": "wg0", "addr_info": [{"family": "inet", "local": "10.66.0.1", "prefixlen": 24, "scope": "global"}]},
+    {"ifname": "ifb-wg0", "addr_info": []},
+]
+
+
+def test_facts_as_setup_names_them_and_the_node_networks_the_roles_isolate(host, tmp_path, monkeypatch):
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:        2035108 kB\nMemFree:          123456 kB\n")
+    monkeypatch.setattr(host_probe, "MEMINFO", str(meminfo))
+    monkeypatch.setattr(AnsibleModule, "run_command",
+                        lambda self, argv, **kw: (0, json.dumps(IP_ADDR), "") if argv[1:] == ["-j", "addr", "show"]
+                        else (1, "", "not asked"))
+    facts = run_main(host_probe, {"facts": True})["ansible_facts"]
+    assert facts["memtotal_mb"] == 1987
+    assert facts["all_ipv4_addresses"] == ["192.168.1.20", "172.17.0.1", "172.16.5.1", "10.66.0.1"]
+    assert facts["all_ipv6_addresses"] == ["2001:db8:1::20", "fe80::1"]
+    assert facts["interfaces"] == ["lo", "eth0", "eth0.100", "wg0", "ifb-wg0"]
+    assert facts["eth0"]["ipv4"] == {"address": "192.168.1.20", "netmask": "255.255.255.0"}
+    assert {"distribution", "distribution_version", "distribution_major_version"} <= set(facts)
+    # the forwarding part isolates the same networks as from setup's network facts (test_network.py)
+    assert network.host_networks(facts, ["wg0"]) == sorted([
+        "192.168.1.0/24", "192.168.1.20/32", "2001:db8:1::/64", "2001:db8:1::20/128", "172.16.0.0/16",
+        "172.16.5.1/32", "172.17.0.1/32"])
+
+
+def test_facts_not_asked_are_not_returned(host):
+    assert "ansible_facts" not in run_main(host_probe, {"packages": ["unbound"]})

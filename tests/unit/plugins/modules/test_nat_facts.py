@@ -11,6 +11,7 @@ from ansible.module_utils.basic import AnsibleModule
 from module_run import run_main, stop_at_exit
 
 from ansible_collections.higgs.vpn.plugins.action import program
+from ansible_collections.higgs.vpn.plugins.module_utils import _nat
 from ansible_collections.higgs.vpn.plugins.modules import nat_facts
 
 PROGRAMS = Path(__file__).resolve().parents[4] / "programs"
@@ -48,7 +49,7 @@ def test_no_state_yet_is_null(tmp_path):
     (json.dumps(dict(STATE, endpoint="11.47.0.1:0")), "not an IPv4 address:port"),
     (json.dumps(dict(STATE, endpoint=None)), "not an IPv4 address:port"),
     (json.dumps(dict(STATE, route="relay")), "not an IPv4 address:port"),
-    (json.dumps(dict(STATE, pad="x" * nat_facts.MAX_STATE)), "larger than"),
+    (json.dumps(dict(STATE, pad="x" * _nat.MAX_STATE)), "larger than"),
 ])
 def test_a_bad_state_file_fails_naming_it(tmp_path, content, why):
     path = tmp_path / "state.json"
