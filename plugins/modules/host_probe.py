@@ -40,6 +40,12 @@ options:
     type: list
     elements: str
     default: []
+  modules:
+    description:
+      - Kernel modules whose state is wanted (RV(modules)), for example C(wireguard).
+    type: list
+    elements: str
+    default: []
   users:
     description: Accounts whose home and shell are wanted (RV(users)).
     type: list
@@ -106,6 +112,13 @@ missing_packages:
   type: list
   elements: str
   sample: [python3-miniupnpc]
+modules:
+  description:
+    - The state of each of O(modules) - V(loaded) (loaded or built in, C(/sys/module/<name>) exists),
+      V(loadable) (C(modprobe --dry-run) finds it) or V(none).
+  returned: always
+  type: dict
+  sample: {wireguard: loadable}
 users:
   description: The existing accounts of O(users), by name, with their home directory and login shell.
   returned: always
@@ -134,6 +147,7 @@ from ansible.module_utils.facts.system.distribution import DistributionFactColle
 
 MAX_FILE = 4 << 20
 MEMINFO = "/proc/meminfo"
+SYS_MODULE = "/sys/module"
 DISTRIBUTION_FACTS = ("distribution", "distribution_version", "distribution_major_version", "distribution_release")
 # the status in three letters (desired, status, error flag), then the name
 DPKG_FORMAT = "${db:Status-Abbrev}${Package}\n"
@@ -155,6 +169,16 @@ def read_small(module, path):
     if len(text) > MAX_FILE:
         module.fail_json(msg="%s is larger than %d bytes" % (path, MAX_FILE))
     return text
+
+
+def module_state(module, name):
+    """loaded (or built in), loadable (modprobe finds it) or none."""
+    if os.path.isdir(os.path.join(SYS_MODULE, name)):
+        return "loaded"
+    modprobe = module.get_bin_path("modprobe")
+    if modprobe and module.run_command([modprobe, "--dry-run", "--quiet", "--", name])[0] == 0:
+        return "loadable"
+    return "none"
 
 
 def account(name):
@@ -224,6 +248,7 @@ def main():
         argument_spec=dict(
             facts=dict(type="bool", default=False),
             packages=dict(type="list", elements="str", default=[]),
+            modules=dict(type="list", elements="str", default=[]),
             users=dict(type="list", elements="str", default=[]),
             paths=dict(type="list", elements="path", default=[]),
             files=dict(type="list", elements="path", default=[]),
@@ -245,6 +270,7 @@ def main():
     result = dict(
         changed=False,
         missing_packages=missing,
+        modules={name: module_state(module, name) for name in params["modules"]},
         users={name: found for name, found in accounts.items() if found is not None},
         paths=[path for path in params["paths"] if os.path.lexists(path)],
         files={path: read_small(module, path) for path in params["files"]},

@@ -101,6 +101,8 @@ NODE_CASES = [
      "wireguard_clients[0] (alice).max_connections: -4 is not a count"),
     # a part's argument specification is checked before the first change too
     ("node", {"node_metrics": True, "metrics_interval": "often"}, "metrics_interval"),
+    ("node", {"node_nat_traversal": True, "nat_traversal_renew_interval": "often"},
+     "argument 'nat_traversal_renew_interval' is of type str"),
 ]
 CASES += NODE_CASES
 # Values every case starts from, where a role needs some to pass its checks.
@@ -126,10 +128,10 @@ ACCEPTED = [
 ]
 
 
-def preflight(tmp_path, role, values):
+def preflight(tmp_path, role, values, tasks_from="validate"):
     """(return code, failure messages, output) of the role's validate tasks with ``values``."""
     play = [{"hosts": "localhost", "gather_facts": False, "vars": dict(BASE.get(role, {}), **values),
-             "tasks": [{"ansible.builtin.include_role": {"name": "higgs.vpn." + role, "tasks_from": "validate"}},
+             "tasks": [{"ansible.builtin.include_role": {"name": "higgs.vpn." + role, "tasks_from": tasks_from}},
                        {"ansible.builtin.debug": {"msg": "preflight passed"}}]}]
     (tmp_path / "play.yml").write_text(yaml.safe_dump(play))
     env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(ROOT / ".collections"), ANSIBLE_STDOUT_CALLBACK="default",
@@ -155,3 +157,15 @@ def test_preflight_accepts(tmp_path, role, values):
     rc, failed, out = preflight(tmp_path, role, values)
     assert rc == 0 and not failed, out[-4000:]
     assert "preflight passed" in out
+
+
+def test_node_preflight_names_every_host_problem_at_once(tmp_path):
+    """The node's host checks read this machine through its probe (release, memory) and report all problems."""
+    rc, failed, out = preflight(tmp_path, "node", {"node_min_memory_mb": 10 ** 9,
+                                                   "node_supported_releases": {"Plan9": ["4"]}}, "preflight")
+    assert rc == 2, out[-4000:]
+    assert len(failed) == 1, failed
+    assert "is not a supported node (node_supported_releases" in failed[0]
+    assert "MB of memory; a node needs at least 1000000000 MB" in failed[0]
+    rc, failed, out = preflight(tmp_path, "node", {}, "preflight")
+    assert rc == 0 and not failed, out[-4000:]

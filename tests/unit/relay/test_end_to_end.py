@@ -258,8 +258,10 @@ def test_registration_rate_limited_waits_for_retry_after(tmp_path):
         assert 'higgs_relay_relay_registrations_total{relay="127.0.0.1:%d"} 1' % port in metrics
         node.terminate()
         out, _ = node.communicate(timeout=10)
+        # the wait is what is left of the window when the connector asked (less on a loaded machine);
+        # that it waited for it is the single refusal counted above: an earlier retry would be refused too
         waits = [float(w) for w in re.findall(r"rate-limited by \S+; reconnecting in ([0-9.]+) s", out)]
-        assert len(waits) == 1 and waits[0] >= 5, out
+        assert len(waits) == 1 and 1 <= waits[0] <= 6, out
     finally:
         _stop(procs)
         echo.stop()

@@ -51,7 +51,8 @@ def test_missing_packages_in_the_order_asked(host):
 
 def test_nothing_asked_runs_nothing(host):
     result = run_main(host_probe, {})
-    assert result == {"changed": False, "missing_packages": [], "users": {}, "paths": [], "files": {}} and not host
+    assert result == {"changed": False, "missing_packages": [], "modules": {}, "users": {}, "paths": [],
+                      "files": {}} and not host
 
 
 def test_accounts_paths_and_files(host, tmp_path, monkeypatch):
@@ -90,7 +91,7 @@ def test_dpkg_failing_otherwise_fails(host, monkeypatch):
 
 def test_documented_options_and_examples_match_the_argument_spec():
     doc = yaml.safe_load(host_probe.DOCUMENTATION)["options"]
-    assert set(doc) == {"facts", "packages", "users", "paths", "files"}
+    assert set(doc) == {"facts", "packages", "modules", "users", "paths", "files"}
     spec = {name: {"type": o["type"], **({"elements": o["elements"]} if "elements" in o else {}),
                    "default": o.get("default")} for name, o in doc.items()}
     for task in yaml.safe_load(host_probe.EXAMPLES):
@@ -135,3 +136,25 @@ def test_facts_as_setup_names_them_and_the_node_networks_the_roles_isolate(host,
 
 def test_facts_not_asked_are_not_returned(host):
     assert "ansible_facts" not in run_main(host_probe, {"packages": ["unbound"]})
+
+
+def test_kernel_modules_loaded_loadable_or_none(host, tmp_path, monkeypatch):
+    (tmp_path / "wireguard").mkdir()
+    monkeypatch.setattr(host_probe, "SYS_MODULE", str(tmp_path))
+    asked = []
+
+    def modprobe(self, argv, **_kwargs):
+        asked.append(argv)
+        return (0, "", "") if argv[-1] == "tun" else (1, "", "modprobe: FATAL: Module nosuch not found")
+
+    monkeypatch.setattr(AnsibleModule, "run_command", modprobe)
+    result = run_main(host_probe, {"modules": ["wireguard", "tun", "nosuch"]})
+    assert result["modules"] == {"wireguard": "loaded", "tun": "loadable", "nosuch": "none"}
+    # a loaded one is not asked of modprobe, which only looks (--dry-run)
+    assert asked == [["/usr/bin/modprobe", "--dry-run", "--quiet", "--", name] for name in ("tun", "nosuch")]
+
+
+def test_no_modprobe_is_none(host, tmp_path, monkeypatch):
+    monkeypatch.setattr(host_probe, "SYS_MODULE", str(tmp_path))
+    monkeypatch.setattr(AnsibleModule, "get_bin_path", lambda self, name, required=False, opt_dirs=None: None)
+    assert run_main(host_probe, {"modules": ["wireguard"]})["modules"] == {"wireguard": "none"}
