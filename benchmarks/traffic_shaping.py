@@ -17,10 +17,14 @@ The module keeps at most 250 client classes per htb qdisc (groups under child
 qdiscs): the kernel walks every class of a qdisc for each class added to it,
 so the naive flat tree grows quadratically; the figures show both, with the
 growth from one size to the next and the naive time over the module's. The
+module's leaf queues are the kernel's pfifo under each class unless
+``--leaf`` says otherwise: the queues the naive approach gets, so both build
+the same objects (``pfifo`` and ``fq_codel`` add a qdisc per class). The
 load average is printed before and after: the figures are only comparable on
 a quiet machine.
 
-Usage: python3 benchmarks/traffic_shaping.py [--sizes 100,1000,10000] [--apply-only] [--first-only] [--keep]
+Usage: python3 benchmarks/traffic_shaping.py [--sizes 100,1000,10000] [--leaf default|pfifo|fq_codel]
+       [--apply-only] [--first-only] [--keep]
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ DRIVER = r'''
 import json, subprocess, sys, time
 sys.path.insert(0, "/opt/bench")
 MODULE = ["python3", "-m", "ansible_collections.higgs.vpn.plugins.modules.tc_shaping"]
-DEV, IFB = sys.argv[2], sys.argv[3]
+DEV, IFB, LEAF = sys.argv[2], sys.argv[3], sys.argv[6]
 
 def clients(n, last):
     out = [{"name": "c%d" % i, "addresses": ["10.%d.%d.%d/32" % (100 + i // 62500, i // 250 % 250, i % 250 + 2)]}
@@ -58,7 +62,7 @@ def clients(n, last):
 def module(n, last, state="present"):
     args = {"ANSIBLE_MODULE_ARGS": {"interface": DEV, "ifb_interface": IFB, "state": state,
             "rate_down": "10gbit", "rate_up": "10gbit", "client_rate_down": "5gbit", "client_rate_up": "5gbit",
-            "leaf_qdisc": "pfifo", "clients": clients(n, last), "persist_dir": "/tmp/bench-shaping"}}
+            "leaf_qdisc": LEAF, "clients": clients(n, last), "persist_dir": "/tmp/bench-shaping"}}
     with open("/tmp/args.json", "w") as handle:
         json.dump(args, handle)
     start = time.monotonic()
@@ -162,8 +166,8 @@ def start():
         sleep 0.5""")
 
 
-def driver(what, size):
-    out = sh("cd /opt/bench && python3 driver.py %s %s %s %d %s" % (what, DEV, IFB, size, CLIENT_ADDR)).stdout
+def driver(what, size, leaf="default"):
+    out = sh("cd /opt/bench && python3 driver.py %s %s %s %d %s %s" % (what, DEV, IFB, size, CLIENT_ADDR, leaf)).stdout
     return json.loads(out) if out.strip() else {}
 
 
@@ -180,23 +184,26 @@ def main():
     parser.add_argument("--throughput-only", action="store_true", help="skip the apply times")
     parser.add_argument("--apply-only", action="store_true", help="skip the throughput figures")
     parser.add_argument("--first-only", action="store_true", help="apply times of the first run only (no re-runs)")
+    parser.add_argument("--leaf", choices=["default", "pfifo", "fq_codel"], default="default",
+                        help="the module's leaf_qdisc (default: the kernel's pfifo under each class, the queues "
+                             "the naive approach gets too)")
     opts = parser.parse_args()
     sizes = [int(s) for s in opts.sizes.split(",")]
     start()
     try:
         print("load average before: %s" % Path("/proc/loadavg").read_text().split(" ", 3)[:3])
-        print("apply time, seconds (both directions: the tunnel and its ifb); growth: first run over the "
-              "previous size's; naive/module: first runs")
+        print("apply time, seconds (both directions: the tunnel and its ifb; the module's leaf_qdisc: %s); "
+              "growth: first run over the previous size's; naive/module: first runs" % opts.leaf)
         print("%8s  %14s  %14s  %14s  %14s  %8s  %8s  %13s"
               % ("clients", "module first", "module no-op", "naive first", "naive re-run", "growth",
                  "naive gr.", "naive/module"))
         previous = None
         for size in [] if opts.throughput_only else sizes:
             if opts.first_only:
-                mod = dict(driver("module-keep", size), again=float("nan"), changed=[True, False])
+                mod = dict(driver("module-keep", size, opts.leaf), again=float("nan"), changed=[True, False])
                 nai = dict(driver("naive-keep", size), again=float("nan"))
             else:
-                mod = driver("module", size)
+                mod = driver("module", size, opts.leaf)
                 nai = driver("naive", size)
             growth = ("%8.1f  %8.1f" % (mod["first"] / previous[0], nai["first"] / previous[1])) if previous \
                 else "%8s  %8s" % ("-", "-")
@@ -217,7 +224,7 @@ def main():
         for label, step in rows:
             if step:
                 what, _sep, size = step.partition(":")
-                driver(what, int(size or big))
+                driver(what, int(size or big), opts.leaf)
             print("%-44s  %8.2f  %8.2f" % (label, iperf(True), iperf(False)), flush=True)
     finally:
         if not opts.keep:

@@ -185,6 +185,7 @@ class Filter:
         self.keys, self.flowid, self.link = keys or [], flowid, link
         self.hashkey, self.divisor, self.redirect = hashkey, divisor, redirect
         self._identity = None
+        self._args = {}  # (dev, parent) -> add args: the diff and the full batch share them
 
     @property
     def is_table(self):
@@ -213,6 +214,12 @@ class Filter:
         return text
 
     def add_args(self, dev, parent):
+        args = self._args.get((dev, parent))
+        if args is None:
+            args = self._args[(dev, parent)] = self._add_args(dev, parent)
+        return args
+
+    def _add_args(self, dev, parent):
         args = ["filter", "add", "dev", dev, "parent", parent, "prio", str(self.pref),
                 "protocol", PROTO.get(self.ver, "all")]
         if self.is_table:
@@ -348,94 +355,100 @@ def _is_group_class(classid):
 
 
 def plan(spec):
-    """The desired devices for a validated ``spec``.
+    """The desired devices for a validated ``spec``: [the tunnel, the ifb].
 
     ``spec``: interface, ifb, cap_down/cap_up (bits or None), interactive_rate
     (bits or None), leaf_qdisc, clients [{name, minor, networks, down, up}]
     with networks as ipaddress objects and down/up bits or None.
     """
-    devices = []
-    for dev, direction, side in ((spec["interface"], "down", "dst"), (spec["ifb"], "up", "src")):
-        cap = spec["cap_" + direction] or MAX_RATE
-        device = Device(dev)
-        device.qdiscs["root"] = ("htb handle 1: default %x" % DEFAULT_MINOR,
-                                 ["qdisc", "add", "dev", dev, "root", "handle", "1:", "htb",
-                                  "default", hexid(DEFAULT_MINOR)])
-        interactive = spec["interactive_rate"]
-        if interactive:
-            interactive = min(interactive, cap // 2)
-        slots = 16
-        while slots < len(spec["clients"]) + 1:
-            slots *= 2
-        guaranteed = max(8000, ((cap - (interactive or 0)) // slots) // 8 * 8)
+    return [plan_device(spec, "down"), plan_device(spec, "up")]
 
-        def add_class(device, classid, parent, rate, ceil, prio=None, leaf=None, quantum=QUANTUM):
-            dev = device.name
-            burst, cburst = burst_bytes(rate), burst_bytes(ceil)
-            args = ["class", "add", "dev", dev, "parent", parent, "classid", classid, "htb",
-                    "rate", "%dbit" % rate, "ceil", "%dbit" % ceil,
-                    "burst", "%db" % burst, "cburst", "%db" % cburst]
-            ident = "parent %s rate %s ceil %s burst %s cburst %s" % (
-                parent, rate_text(rate), rate_text(ceil), burst_text(burst, rate), burst_text(cburst, ceil))
-            # an explicit quantum everywhere: equal shares of what the cap leaves
-            # over, and no warnings about quanta derived from large rates
-            args += ["quantum", str(quantum)]
-            if prio is not None:
-                args += ["prio", str(prio)]
-                ident += " prio %d quantum %d" % (prio, quantum)
-            device.classes[classid] = (ident, args)
-            if leaf is not None and spec["leaf_qdisc"] in LEAF_QDISCS:
-                qdisc = LEAF_QDISCS[spec["leaf_qdisc"]]
-                device.qdiscs["parent " + classid] = (
-                    "%s handle %x:" % (qdisc[0], leaf),
-                    ["qdisc", "add", "dev", dev, "parent", classid, "handle", "%x:" % leaf, *qdisc])
 
-        add_class(device, NODE_CLASS, ROOT, cap, cap)
-        add_class(device, "1:%x" % DEFAULT_MINOR, NODE_CLASS, guaranteed, cap, prio=1, leaf=DEFAULT_MINOR)
-        if interactive:
-            add_class(device, "1:%x" % INTERACTIVE_MINOR, NODE_CLASS, interactive, interactive, prio=0,
-                      leaf=INTERACTIVE_MINOR)
-            for flt in interactive_filters(side):
-                device.filters[flt.identity()] = flt
-        groups = {}
-        for client in spec["clients"]:
-            groups.setdefault(group_major(client["minor"]), []).append(client)
-        entries = {4: [], 6: []}
-        for major, members in sorted(groups.items()):
-            group, qdisc, top = "1:%x" % major, "%x:" % major, "%x:%x" % (major, GROUP_TOP_MINOR)
-            # a class at the top of an htb qdisc cannot borrow: the clients borrow
-            # from the group's top class, up to the cap the group class enforces
-            add_class(device, top, qdisc, cap, cap)
-            rates = []
-            inner = {4: [], 6: []}
-            for client in members:
-                ceil = min(client[direction] or cap, cap)
-                rates.append(min(guaranteed, ceil))
-                classid = client_classid(client["minor"])
-                add_class(device, classid, top, rates[-1], ceil, prio=1, leaf=client["minor"])
-                for net in client["networks"]:
-                    entries[net.version].append((net, group))
-                    inner[net.version].append((net, classid))
-            # a group is guaranteed its members' rates and borrows in proportion to their number
-            add_class(device, group, NODE_CLASS, min(sum(rates), cap), cap, prio=1,
-                      quantum=QUANTUM * len(members))
-            device.qdiscs["parent " + group] = ("htb handle %s default 0" % qdisc,
-                                                ["qdisc", "add", "dev", dev, "parent", group, "handle", qdisc, "htb"])
-            for ver in (4, 6):
-                ordered = sorted(inner[ver], key=lambda e: (int(e[0].network_address), e[0].prefixlen))
-                for flt in group_filters(ver, side, ordered, qdisc):
-                    device.filters[flt.identity()] = flt
+def plan_device(spec, direction):
+    """The desired Device of one direction: ``down`` (the tunnel) or ``up`` (the ifb)."""
+    if direction == "down":
+        dev, side = spec["interface"], "dst"
+    else:
+        dev, side = spec["ifb"], "src"
+    cap = spec["cap_" + direction] or MAX_RATE
+    device = Device(dev)
+    device.qdiscs["root"] = ("htb handle 1: default %x" % DEFAULT_MINOR,
+                             ["qdisc", "add", "dev", dev, "root", "handle", "1:", "htb",
+                              "default", hexid(DEFAULT_MINOR)])
+    interactive = spec["interactive_rate"]
+    if interactive:
+        interactive = min(interactive, cap // 2)
+    slots = 16
+    while slots < len(spec["clients"]) + 1:
+        slots *= 2
+    guaranteed = max(8000, ((cap - (interactive or 0)) // slots) // 8 * 8)
+
+    def add_class(device, classid, parent, rate, ceil, prio=None, leaf=None, quantum=QUANTUM):
+        dev = device.name
+        burst, cburst = burst_bytes(rate), burst_bytes(ceil)
+        args = ["class", "add", "dev", dev, "parent", parent, "classid", classid, "htb",
+                "rate", "%dbit" % rate, "ceil", "%dbit" % ceil,
+                "burst", "%db" % burst, "cburst", "%db" % cburst]
+        ident = "parent %s rate %s ceil %s burst %s cburst %s" % (
+            parent, rate_text(rate), rate_text(ceil), burst_text(burst, rate), burst_text(cburst, ceil))
+        # an explicit quantum everywhere: equal shares of what the cap leaves
+        # over, and no warnings about quanta derived from large rates
+        args += ["quantum", str(quantum)]
+        if prio is not None:
+            args += ["prio", str(prio)]
+            ident += " prio %d quantum %d" % (prio, quantum)
+        device.classes[classid] = (ident, args)
+        if leaf is not None and spec["leaf_qdisc"] in LEAF_QDISCS:
+            qdisc = LEAF_QDISCS[spec["leaf_qdisc"]]
+            device.qdiscs["parent " + classid] = (
+                "%s handle %x:" % (qdisc[0], leaf),
+                ["qdisc", "add", "dev", dev, "parent", classid, "handle", "%x:" % leaf, *qdisc])
+
+    add_class(device, NODE_CLASS, ROOT, cap, cap)
+    add_class(device, "1:%x" % DEFAULT_MINOR, NODE_CLASS, guaranteed, cap, prio=1, leaf=DEFAULT_MINOR)
+    if interactive:
+        add_class(device, "1:%x" % INTERACTIVE_MINOR, NODE_CLASS, interactive, interactive, prio=0,
+                  leaf=INTERACTIVE_MINOR)
+        for flt in interactive_filters(side):
+            device.filters[flt.identity()] = flt
+    groups = {}
+    for client in spec["clients"]:
+        groups.setdefault(group_major(client["minor"]), []).append(client)
+    entries = {4: [], 6: []}
+    for major, members in sorted(groups.items()):
+        group, qdisc, top = "1:%x" % major, "%x:" % major, "%x:%x" % (major, GROUP_TOP_MINOR)
+        # a class at the top of an htb qdisc cannot borrow: the clients borrow
+        # from the group's top class, up to the cap the group class enforces
+        add_class(device, top, qdisc, cap, cap)
+        rates = []
+        inner = {4: [], 6: []}
+        for client in members:
+            ceil = min(client[direction] or cap, cap)
+            rates.append(min(guaranteed, ceil))
+            classid = client_classid(client["minor"])
+            add_class(device, classid, top, rates[-1], ceil, prio=1, leaf=client["minor"])
+            for net in client["networks"]:
+                entries[net.version].append((net, group))
+                inner[net.version].append((net, classid))
+        # a group is guaranteed its members' rates and borrows in proportion to their number
+        add_class(device, group, NODE_CLASS, min(sum(rates), cap), cap, prio=1,
+                  quantum=QUANTUM * len(members))
+        device.qdiscs["parent " + group] = ("htb handle %s default 0" % qdisc,
+                                            ["qdisc", "add", "dev", dev, "parent", group, "handle", qdisc, "htb"])
         for ver in (4, 6):
-            ordered = sorted(entries[ver], key=lambda e: (int(e[0].network_address), e[0].prefixlen))
-            for flt in client_filters(ver, side, ordered):
+            ordered = sorted(inner[ver], key=lambda e: (int(e[0].network_address), e[0].prefixlen))
+            for flt in group_filters(ver, side, ordered, qdisc):
                 device.filters[flt.identity()] = flt
-        devices.append(device)
-    # the redirect of the tunnel's ingress to the ifb device
-    tunnel = devices[0]
-    tunnel.qdiscs["ingress"] = ("ingress handle ffff:", ["qdisc", "add", "dev", spec["interface"], "ingress"])
-    redirect = Filter(1, None, "root", keys=[(0, 0, 0)], redirect=spec["ifb"])
-    tunnel.filters["ingress " + redirect.identity()] = redirect
-    return devices
+    for ver in (4, 6):
+        ordered = sorted(entries[ver], key=lambda e: (int(e[0].network_address), e[0].prefixlen))
+        for flt in client_filters(ver, side, ordered):
+            device.filters[flt.identity()] = flt
+    if direction == "down":
+        # the redirect of the tunnel's ingress to the ifb device
+        device.qdiscs["ingress"] = ("ingress handle ffff:", ["qdisc", "add", "dev", dev, "ingress"])
+        redirect = Filter(1, None, "root", keys=[(0, 0, 0)], redirect=spec["ifb"])
+        device.filters["ingress " + redirect.identity()] = redirect
+    return device
 
 
 # ---------------------------------------------------------------------------

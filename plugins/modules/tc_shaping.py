@@ -127,7 +127,10 @@ EXAMPLES = r"""
 
 RETURN = r"""
 commands:
-  description: The tc batch lines applied (or, in check mode, that would be).
+  description:
+    - The tc batch lines applied (or, in check mode, that would be); the first 1,000 of them
+      when there are more (a first run with 10,000 clients makes 60,000 to 80,000).
+    - The full batch a fresh interface gets is the persisted C(<interface>.tc).
   returned: always
   type: list
   elements: str
@@ -135,6 +138,11 @@ commands:
     - >-
       class change dev wg0 parent 8000:1 classid 8000:10 htb rate 1875000bit ceil 20000000bit
       burst 3046b cburst 25000b quantum 1514 prio 1
+command_count:
+  description: The number of tc batch lines applied (or, in check mode, that would be).
+  returned: state is present
+  type: int
+  sample: 2
 classes:
   description: The class of each client, the same on both devices.
   returned: state is present
@@ -155,7 +163,10 @@ persisted:
 
 import json
 import os
+import re
 import stat
+import tempfile
+import threading
 import time
 
 from ansible.module_utils.basic import AnsibleModule
@@ -180,7 +191,9 @@ ARGUMENT_SPEC = dict(
 UNLIMITED = "unlimited"
 MAX_CLIENTS = _tc.LAST_CLIENT_MINOR - _tc.FIRST_CLIENT_MINOR + 1
 ATTEMPTS = 5
-ANY_RC = tuple(range(256))
+# batch lines in the result: a long list costs the module and the controller
+# more than it tells anyone (the persisted batch has them all)
+LISTED = 1000
 # The persisted batch names clients and classes, nothing secret: readable by the
 # unprivileged metrics collector.
 PERSIST_MODE = 0o644
@@ -253,6 +266,46 @@ def validate(params):
     return spec, errors
 
 
+# tc -batch's last words: "Command failed <file>:<line>"
+_FAILED_LINE = re.compile(r"Command failed \S*:(\d+)\s*$")
+
+
+class _Batch(threading.Thread):
+    """``tc -batch`` of some lines, run while the module goes on.
+
+    The lines go in a file, not a pipe: tc stops at the first failing line,
+    and a pipe it no longer reads would end in a broken pipe instead of tc's
+    own message.
+    """
+
+    def __init__(self, module, tc, lines):
+        super().__init__(daemon=True)
+        self.module, self.lines = module, lines
+        fd, self.path = tempfile.mkstemp(dir=module.tmpdir, prefix="tc-", suffix=".batch")
+        with os.fdopen(fd, "w") as handle:
+            handle.write("\n".join(lines) + "\n")
+        self.argv = [tc, "-batch", self.path]
+        self.rc, self.err = None, ""
+        self.start()
+
+    def run(self):
+        # no fail_json from this thread: wait() hands the outcome to the module's
+        try:
+            self.rc, _out, self.err = self.module.run_command(
+                self.argv, environ_update={"LANG": "C", "LC_ALL": "C"}, handle_exceptions=False)
+        except OSError as exc:
+            self.rc, self.err = -1, "%s: %s" % (self.argv[0], exc)
+
+    def wait(self):
+        """(rc, tc's message naming the line it stopped at)."""
+        self.join()
+        os.unlink(self.path)
+        failed = _FAILED_LINE.search(self.err)
+        if failed and 0 < int(failed.group(1)) <= len(self.lines):
+            return self.rc, "%s: %s" % (self.lines[int(failed.group(1)) - 1], self.err[:failed.start()].strip())
+        return self.rc, self.err
+
+
 class Host:
     """The commands the module runs."""
 
@@ -261,8 +314,8 @@ class Host:
         self.tc = module.get_bin_path("tc", required=True)
         self.ip = module.get_bin_path("ip", required=True)
 
-    def run(self, argv, data=None, ok_rc=(0,)):
-        return _owned.run(self.module, argv, data=data, ok_rc=ok_rc)
+    def run(self, argv, ok_rc=(0,)):
+        return _owned.run(self.module, argv, ok_rc=ok_rc)
 
     def link(self, name):
         """``ip -j link show`` entry of ``name``, or None."""
@@ -288,7 +341,13 @@ class Host:
 
     def batch(self, lines):
         if lines:
-            self.run([self.tc, "-batch", "-"], data="\n".join(lines) + "\n")
+            rc, err = self.start_batch(lines).wait()
+            if rc != 0:
+                self.module.fail_json(msg="tc -batch failed: %s" % err.strip(), commands=lines)
+
+    def start_batch(self, lines):
+        """``tc -batch`` of ``lines`` in a thread; ``.wait()`` gives (rc, stderr)."""
+        return _Batch(self.module, self.tc, lines)
 
     def ensure_ifb(self, name):
         link = self.link(name)
@@ -355,41 +414,57 @@ def present(module, host, spec, result):
     minors = _tc.client_minors(list(live[1].filters), spec["clients"])
     for client in spec["clients"]:
         client["minor"] = minors[client["name"]]
-    tun_desired, ifb_desired = _tc.plan(spec)
-    desired = [ifb_desired, tun_desired]
-    commands = _tc.diff(live[0], ifb_desired) + _tc.diff(live[1], tun_desired)
+    # Device by device, the ifb first (the tunnel's ingress leads to it): the
+    # kernel's work on a batch, most of a large first run, goes on while the
+    # next device and the persisted files are worked out (tc on one core, the
+    # module on another).
+    desired, commands, batches = [], [], []
+    for live_device, direction in zip(live, ("up", "down")):
+        device = _tc.plan_device(spec, direction)
+        lines = _tc.diff(live_device, device)
+        desired.append(device)
+        commands += lines
+        if lines and not module.check_mode:
+            if not batches:
+                host.ensure_ifb(spec["ifb"])
+            batches.append(host.start_batch(lines))
+    ifb_desired, tun_desired = desired
     texts = persisted_texts(params, [tun_desired, ifb_desired], spec["clients"])
     paths = {suffix: os.path.join(params["persist_dir"], params["interface"] + suffix) for suffix in texts}
     stale = [s for s in texts if _owned.read_file(paths[s]) != texts[s] or _mode(paths[s]) != PERSIST_MODE]
     stale_dir = _mode(params["persist_dir"]) not in (None, PERSIST_DIR_MODE)
     ifb_down = ifb_link is None or "UP" not in ifb_link.get("flags", [])
-    result.update(commands=commands, classes={c["name"]: _tc.client_classid(c["minor"]) for c in spec["clients"]},
+    result.update(commands=commands[:LISTED], command_count=len(commands),
+                  classes={c["name"]: _tc.client_classid(c["minor"]) for c in spec["clients"]},
                   persisted=sorted(paths.values()), changed=bool(commands or stale or stale_dir or ifb_down))
     if module._diff:
         result["diff"] = dict(before="\n".join(line for d in live for line in d.lines()) + "\n",
                               after="\n".join(line for d in desired for line in d.lines()) + "\n")
     if not result["changed"] or module.check_mode:
         return
-    host.ensure_ifb(spec["ifb"])
-    # One batch; the kernel releases a class a moment after the last filter
-    # pointing at it, so a batch deleting both may fail at the class: then the
-    # difference is read again and applied after a pause.
-    pending, errors = commands, []
-    for attempt in range(ATTEMPTS):
-        if not pending:
-            break
-        if attempt:
-            time.sleep(0.2 * attempt)
-        rc, _out, err = host.run([host.tc, "-batch", "-"], data="\n".join(pending) + "\n", ok_rc=ANY_RC)
-        if rc == 0:
-            pending = []
-            break
-        errors.append(err.strip())
+    if not batches:
+        host.ensure_ifb(spec["ifb"])
+    # The kernel releases a class a moment after the last filter pointing at
+    # it, so a batch deleting both may fail at the class: then the difference
+    # is read again and applied after a pause.
+    errors = [err.strip() for rc, err in (b.wait() for b in batches) if rc != 0]
+    pending, attempt = (commands if errors else []), 1
+    while pending and attempt < ATTEMPTS:
+        time.sleep(0.2 * attempt)
         after = [host.device(spec["ifb"], False), host.device(spec["interface"], True)]
         pending = _tc.diff(after[0], ifb_desired) + _tc.diff(after[1], tun_desired)
+        if not pending:
+            break
+        attempt += 1
+        rc, err = host.start_batch(pending).wait()
+        if rc == 0:
+            pending = []
+        else:
+            errors.append(err.strip())
     if pending:
-        module.fail_json(msg="tc -batch failed: %s" % " / ".join(errors), commands=commands, left=pending)
-    result["attempts"] = attempt + 1
+        module.fail_json(msg="tc -batch failed: %s" % " / ".join(dict.fromkeys(errors)), commands=commands[:LISTED],
+                         left=pending[:LISTED])
+    result["attempts"] = attempt
     if stale_dir:
         os.chmod(params["persist_dir"], PERSIST_DIR_MODE)
     for suffix in stale:
