@@ -354,18 +354,13 @@ def _is_group_class(classid):
     return classid.startswith("1:") and _minor(classid) >= GROUP_BASE
 
 
-def plan(spec):
-    """The desired devices for a validated ``spec``: [the tunnel, the ifb].
+def plan_device(spec, direction):
+    """The desired Device of one direction of a validated ``spec``: ``down`` (the tunnel) or ``up`` (the ifb).
 
     ``spec``: interface, ifb, cap_down/cap_up (bits or None), interactive_rate
     (bits or None), leaf_qdisc, clients [{name, minor, networks, down, up}]
     with networks as ipaddress objects and down/up bits or None.
     """
-    return [plan_device(spec, "down"), plan_device(spec, "up")]
-
-
-def plan_device(spec, direction):
-    """The desired Device of one direction: ``down`` (the tunnel) or ``up`` (the ifb)."""
     if direction == "down":
         dev, side = spec["interface"], "dst"
     else:
@@ -383,8 +378,7 @@ def plan_device(spec, direction):
         slots *= 2
     guaranteed = max(8000, ((cap - (interactive or 0)) // slots) // 8 * 8)
 
-    def add_class(device, classid, parent, rate, ceil, prio=None, leaf=None, quantum=QUANTUM):
-        dev = device.name
+    def add_class(classid, parent, rate, ceil, prio=None, leaf=None, quantum=QUANTUM):
         burst, cburst = burst_bytes(rate), burst_bytes(ceil)
         args = ["class", "add", "dev", dev, "parent", parent, "classid", classid, "htb",
                 "rate", "%dbit" % rate, "ceil", "%dbit" % ceil,
@@ -404,10 +398,10 @@ def plan_device(spec, direction):
                 "%s handle %x:" % (qdisc[0], leaf),
                 ["qdisc", "add", "dev", dev, "parent", classid, "handle", "%x:" % leaf, *qdisc])
 
-    add_class(device, NODE_CLASS, ROOT, cap, cap)
-    add_class(device, "1:%x" % DEFAULT_MINOR, NODE_CLASS, guaranteed, cap, prio=1, leaf=DEFAULT_MINOR)
+    add_class(NODE_CLASS, ROOT, cap, cap)
+    add_class("1:%x" % DEFAULT_MINOR, NODE_CLASS, guaranteed, cap, prio=1, leaf=DEFAULT_MINOR)
     if interactive:
-        add_class(device, "1:%x" % INTERACTIVE_MINOR, NODE_CLASS, interactive, interactive, prio=0,
+        add_class("1:%x" % INTERACTIVE_MINOR, NODE_CLASS, interactive, interactive, prio=0,
                   leaf=INTERACTIVE_MINOR)
         for flt in interactive_filters(side):
             device.filters[flt.identity()] = flt
@@ -419,19 +413,19 @@ def plan_device(spec, direction):
         group, qdisc, top = "1:%x" % major, "%x:" % major, "%x:%x" % (major, GROUP_TOP_MINOR)
         # a class at the top of an htb qdisc cannot borrow: the clients borrow
         # from the group's top class, up to the cap the group class enforces
-        add_class(device, top, qdisc, cap, cap)
+        add_class(top, qdisc, cap, cap)
         rates = []
         inner = {4: [], 6: []}
         for client in members:
             ceil = min(client[direction] or cap, cap)
             rates.append(min(guaranteed, ceil))
             classid = client_classid(client["minor"])
-            add_class(device, classid, top, rates[-1], ceil, prio=1, leaf=client["minor"])
+            add_class(classid, top, rates[-1], ceil, prio=1, leaf=client["minor"])
             for net in client["networks"]:
                 entries[net.version].append((net, group))
                 inner[net.version].append((net, classid))
         # a group is guaranteed its members' rates and borrows in proportion to their number
-        add_class(device, group, NODE_CLASS, min(sum(rates), cap), cap, prio=1,
+        add_class(group, NODE_CLASS, min(sum(rates), cap), cap, prio=1,
                   quantum=QUANTUM * len(members))
         device.qdiscs["parent " + group] = ("htb handle %s default 0" % qdisc,
                                             ["qdisc", "add", "dev", dev, "parent", group, "handle", qdisc, "htb"])

@@ -220,7 +220,7 @@ def _rate(value, option, errors, allow_unlimited=False):
 
 
 def validate(params):
-    """(spec for _tc.plan without minors, every problem naming its option)."""
+    """(spec for _tc.plan_device without minors, every problem naming its option)."""
     errors = []
     for option in ("interface", "ifb_interface"):
         value = params[option] if option == "interface" else ifb_name(params)
@@ -301,8 +301,9 @@ class _Batch(threading.Thread):
         self.join()
         os.unlink(self.path)
         failed = _FAILED_LINE.search(self.err)
-        if failed and 0 < int(failed.group(1)) <= len(self.lines):
-            return self.rc, "%s: %s" % (self.lines[int(failed.group(1)) - 1], self.err[:failed.start()].strip())
+        line = int(failed.group(1)) if failed else 0
+        if 0 < line <= len(self.lines):
+            return self.rc, "%s: %s" % (self.lines[line - 1], self.err[:failed.start()].strip())
         return self.rc, self.err
 
 

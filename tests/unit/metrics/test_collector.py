@@ -128,8 +128,10 @@ ALICE_SHAPED = {"name": "alice", "minor": 0x10, "down": None, "up": None,
 
 
 def tc_plan():
-    return _tc.plan({"interface": "wg0", "ifb": "ifb-wg0", "cap_down": None, "cap_up": None,
-                     "interactive_rate": None, "leaf_qdisc": "fq_codel", "clients": [ALICE_SHAPED]})
+    """[the tunnel, the ifb], as persisted_texts takes them."""
+    spec = {"interface": "wg0", "ifb": "ifb-wg0", "cap_down": None, "cap_up": None,
+            "interactive_rate": None, "leaf_qdisc": "fq_codel", "clients": [ALICE_SHAPED]}
+    return [_tc.plan_device(spec, "down"), _tc.plan_device(spec, "up")]
 
 
 def test_sidecar_records_each_client_and_the_batch_names_none():

@@ -53,7 +53,7 @@ def planned(spec, live):
     minors = _tc.client_minors(list(live.filters), spec["clients"])
     for client in spec["clients"]:
         client["minor"] = minors[client["name"]]
-    return _tc.plan(spec), minors
+    return [_tc.plan_device(spec, "down"), _tc.plan_device(spec, "up")], minors
 
 
 def many(count, first=0):
