@@ -4,7 +4,9 @@ Used only by benchmarks/site.py (ANSIBLE_CALLBACK_PLUGINS=benchmarks/callback,
 ANSIBLE_CALLBACKS_ENABLED=round_trips). A task result counts once per host, a
 loop once per item that ran; skipped ones, and the actions that only run on the
 controller (set_fact, assert, include_*, ...), do not count, nor do tasks
-delegated to the controller. At the end of the run it writes
+delegated to the controller, nor the results the collection's actions answered
+on the controller (on_controller: files, program and nat_facts with what the
+node's probe read). At the end of the run it writes
 {"hosts": {host: {"total": n, "changed": n, "tasks": {task: n}}}} as JSON to the
 file named by HIGGS_ROUND_TRIPS_FILE.
 """
@@ -47,7 +49,7 @@ class CallbackModule(CallbackBase):
     @staticmethod
     def _remote(result) -> bool:
         action = result._task.action.rsplit(".", 1)[-1]
-        if action in CONTROLLER_ONLY:
+        if action in CONTROLLER_ONLY or result._result.get("on_controller") is True:
             return False
         delegated = result._result.get("_ansible_delegated_vars") or {}
         if delegated.get("ansible_connection") == "local":

@@ -31,5 +31,5 @@ class ActionModule(ActionBase):
         except ValueError as exc:
             result.update(failed=True, msg=str(exc))
             return result
-        result.update(changed=False, ansible_facts={"higgs_nat": state})
+        result.update(changed=False, ansible_facts={"higgs_nat": state}, on_controller=True)
         return result

@@ -4,7 +4,9 @@
 
 Builds a zipapp of a package in the collection's ``programs/`` on the controller, deterministically
 (the same content gives the same bytes), and installs it: one remote stat when the node already has
-those bytes with that owner, group and mode; otherwise the copy action does the transfer.
+those bytes with that owner, group and mode; otherwise the copy action does the transfer. When
+``probed`` holds what the node role's probe read of ``dest`` earlier in the run, it stands in for the
+remote stat (module_utils/_probed): no round trip when nothing differs, the copy alone otherwise.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from ansible import constants as C
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 
+from ansible_collections.higgs.vpn.plugins.module_utils._probed import program_satisfied
+
 PROGRAMS = Path(__file__).resolve().parents[2] / "programs"
 
 # Fixed metadata of every entry: the archive depends on the names and contents only.
@@ -36,6 +40,7 @@ ARGUMENT_SPEC = {
     "owner": {"type": "str"},
     "group": {"type": "str"},
     "mode": {"type": "str", "default": "0644"},
+    "probed": {"type": "dict"},
 }
 
 IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
@@ -98,7 +103,8 @@ def listing(data: bytes) -> str:
 
 
 class ActionModule(ActionBase):
-    TRANSFERS_FILES = True
+    # no remote temporary directory unless the transfer needs one (the copy action makes and removes its own)
+    TRANSFERS_FILES = False
     _supports_check_mode = True
     _supports_diff = True
 
@@ -126,13 +132,25 @@ class ActionModule(ActionBase):
         checksum = hashlib.sha1(data).hexdigest()  # the stat module's checksum
         result.update(dest=dest, checksum=checksum, size=len(data))
 
-        stat = self._execute_remote_stat(dest, all_vars=task_vars, follow=False)
-        if (stat["exists"] and stat.get("isreg") and stat["checksum"] == checksum
-                and int(stat["mode"], 8) == int(mode, 8)
-                and args["owner"] in (None, stat.get("pw_name"), str(stat.get("uid")))
-                and args["group"] in (None, stat.get("gr_name"), str(stat.get("gid")))):
-            result["changed"] = False
-            return result
+        probed = args["probed"]
+        if probed is not None and dest in probed:
+            record = probed[dest]
+            if program_satisfied(record, data, args["owner"], args["group"], mode):
+                result.update(changed=False, on_controller=True)
+                return result
+            known = record.get("sha256") if isinstance(record, dict) else None
+            before = "sha256 %s\n" % known if known else ""
+            after = "sha256 %s\n" % hashlib.sha256(data).hexdigest()
+        else:
+            stat = self._execute_remote_stat(dest, all_vars=task_vars, follow=False)
+            if (stat["exists"] and stat.get("isreg") and stat["checksum"] == checksum
+                    and int(stat["mode"], 8) == int(mode, 8)
+                    and args["owner"] in (None, stat.get("pw_name"), str(stat.get("uid")))
+                    and args["group"] in (None, stat.get("gr_name"), str(stat.get("gid")))):
+                result["changed"] = False
+                return result
+            before = "sha1 %s\n" % stat["checksum"] if stat["exists"] else ""
+            after = "sha1 %s\n" % checksum
 
         local_dir = tempfile.mkdtemp(dir=C.DEFAULT_LOCAL_TMP)
         try:
@@ -153,7 +171,6 @@ class ActionModule(ActionBase):
             return copied
         result["changed"] = bool(copied.get("changed"))
         if self._task.diff and result["changed"]:
-            before = "" if not stat["exists"] else "sha1 %s\n" % stat["checksum"]
             result["diff"] = {"before_header": dest, "after_header": "%s (%s)" % (dest, args["entry_point"]),
-                              "before": before, "after": "sha1 %s\n%s" % (checksum, listing(data))}
+                              "before": before, "after": after + listing(data)}
         return result

@@ -100,9 +100,26 @@ options:
       validate:
         description: As O(files[].validate).
         type: str
+  probed:
+    description:
+      - What was read of these paths earlier in the same run, by path, as
+        RV(higgs.vpn.host_probe#module:stats) returns it (the node role passes what its probe read).
+      - When every entry is as wanted according to it, the action answers on the controller without
+        a round trip. Otherwise, or for an entry whose path it does not hold, the module reads and
+        writes on the node as without it.
+      - Give only what was read in this run before any task that may change these paths.
+    type: dict
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - ansible.builtin.action_common_attributes.flow
 attributes:
+  action:
+    support: full
+    details: Answers on the controller when O(probed) shows every entry as wanted.
+  async:
+    support: none
+  bypass_host_loop:
+    support: none
   check_mode:
     support: full
     details: The O(files[].validate) commands and the unit verification run in check mode too.
@@ -140,10 +157,17 @@ EXAMPLES = r"""
         content: "{{ relay_connector_auth_token }}\n"
         group: higgs-relay
         mode: "0640"
+    # read by host_probe earlier in the run (its stats): no round trip when nothing differs
+    probed: "{{ probe.stats }}"
   notify: relay_connector changed
 """
 
 RETURN = r"""
+on_controller:
+  description: V(true) when the action answered on the controller from O(probed), without a round trip.
+  returned: when true
+  type: bool
+  sample: true
 changed_paths:
   description: The paths written, created or removed (or that would be, in check mode), in order.
   returned: always
@@ -251,6 +275,8 @@ def main():
             files=dict(type="list", elements="dict", default=[], options=ENTRY),
             # the paths are no secret; each entry's content is (no_log in SECRET_ENTRY)
             secret_files=dict(type="list", elements="dict", default=[], options=SECRET_ENTRY, no_log=False),
+            # used by the action only (it does not reach the module)
+            probed=dict(type="dict"),
         ),
         supports_check_mode=True,
     )

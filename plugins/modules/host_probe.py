@@ -6,7 +6,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 ---
 module: host_probe
-short_description: Read what a converge needs to know of a host in one call (facts, packages, accounts, paths, files)
+short_description: Read what a converge needs to know of a host in one call (facts, packages, accounts, files)
 version_added: 0.3.0
 description:
   - One round trip instead of one task per question. The node role asks it twice. In its preflight,
@@ -14,8 +14,9 @@ description:
     a node needs exist, and the client addresses handed out before. Before its package transaction,
     for what its parts would otherwise find out one task at a time. It reports the missing packages (the
     transaction runs only when one is missing), the system accounts that already exist (a part
-    creates its account only when it is missing or differs), the paths that exist and the contents
-    of state files.
+    creates its account only when it is missing or differs), the paths that exist, the contents
+    of state files and the state of the files the parts write (which spares their file tasks a
+    round trip when nothing differs).
   - It only reads; it never changes the host.
 author:
   - Higgs.net node engineering (!UNKNOWN)
@@ -63,6 +64,16 @@ options:
     type: list
     elements: path
     default: []
+  stats:
+    description:
+      - Paths whose state is wanted (RV(stats)), for example every file the parts of a node write.
+        The actions of M(higgs.vpn.files) and M(higgs.vpn.program) compare their files with it on
+        the controller (their O(higgs.vpn.files#module:probed) option) and make no round trip for
+        files that are as wanted.
+      - Only the SHA-256 of a file is returned, never its contents; a secret file may be given.
+    type: list
+    elements: path
+    default: []
 extends_documentation_fragment:
   - higgs.vpn.no_diff
   - ansible.builtin.action_common_attributes
@@ -82,6 +93,7 @@ EXAMPLES = r"""
     users: [higgs-relay]
     paths: [/etc/higgs-vpn/metrics/exporter-before.json]
     files: [/etc/higgs-vpn/relay/node-id]
+    stats: [/etc/higgs-vpn/relay, /etc/higgs-vpn/relay/connector.json]
   register: probe
 """
 
@@ -135,6 +147,24 @@ files:
   returned: always
   type: dict
   sample: {/etc/higgs-vpn/relay/node-id: "5b0d3c1e-8a43-4a8e-9d1c-6f1e2b3a4c5d\n"}
+stats:
+  description:
+    - The state of each of O(stats), V(null) when nothing is there (a last symbolic link is not
+      followed). C(type) (V(file), V(directory), V(link) or V(other)), C(mode) (four octal digits),
+      C(uid), C(gid), C(owner) and C(group) (names, V(null) when unknown); a file's C(sha256)
+      (V(null) above 64 MiB), a link's C(src).
+  returned: always
+  type: dict
+  sample:
+    /etc/higgs-vpn/relay: {type: directory, mode: "0755", uid: 0, gid: 0, owner: root, group: root}
+    /etc/higgs-vpn/relay/connector.json:
+      type: file
+      mode: "0644"
+      uid: 0
+      gid: 0
+      owner: root
+      group: root
+      sha256: 9f2c4b7a1de0c3f5a8b6e4d2c1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f2
 """
 
 import ipaddress
@@ -144,6 +174,8 @@ import pwd
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.facts.system.distribution import DistributionFactCollector
+
+from ansible_collections.higgs.vpn.plugins.module_utils._probed import stat
 
 MAX_FILE = 4 << 20
 MEMINFO = "/proc/meminfo"
@@ -252,6 +284,7 @@ def main():
             users=dict(type="list", elements="str", default=[]),
             paths=dict(type="list", elements="path", default=[]),
             files=dict(type="list", elements="path", default=[]),
+            stats=dict(type="list", elements="path", default=[]),
         ),
         supports_check_mode=True,
     )
@@ -274,7 +307,13 @@ def main():
         users={name: found for name, found in accounts.items() if found is not None},
         paths=[path for path in params["paths"] if os.path.lexists(path)],
         files={path: read_small(module, path) for path in params["files"]},
+        stats={},
     )
+    for path in params["stats"]:
+        try:
+            result["stats"][path] = stat(path)
+        except OSError as exc:
+            module.fail_json(msg="cannot read %s: %s" % (path, exc))
     if params["facts"]:
         result["ansible_facts"] = host_facts(module)
     module.exit_json(**result)

@@ -73,6 +73,11 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+on_controller:
+  description: V(true) when the action answered on the controller from O(read), without a round trip.
+  returned: when true
+  type: bool
+  sample: true
 ansible_facts:
   description: Facts to add to ansible_facts.
   returned: always

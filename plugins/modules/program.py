@@ -49,6 +49,15 @@ options:
     description: Permissions of the archive, as an octal string.
     type: str
     default: "0644"
+  probed:
+    description:
+      - What was read of O(dest) earlier in the same run, by path, as
+        RV(higgs.vpn.host_probe#module:stats) returns it (the node role passes what its probe read).
+      - When it holds O(dest), it stands in for the remote stat - no round trip when the archive
+        there is the one built, the transfer alone otherwise. Without it, or without O(dest) in it,
+        a remote stat decides.
+      - Give only what was read in this run before any task that may change O(dest).
+    type: dict
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - ansible.builtin.action_common_attributes.flow
@@ -63,7 +72,9 @@ attributes:
     support: full
   diff_mode:
     support: full
-    details: The diff shows the SHA-1 of the installed archive and, for the new one, its SHA-1 and its entries.
+    details:
+      - The diff shows the SHA-1 of the installed archive and, for the new one, its SHA-1 and its entries
+        (the SHA-256 with O(probed)).
   platform:
     support: full
     platforms: posix
@@ -87,6 +98,11 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+on_controller:
+  description: V(true) when the action answered on the controller from O(probed), without a round trip.
+  returned: when true
+  type: bool
+  sample: true
 dest:
   description: Path of the archive on the node.
   returned: always

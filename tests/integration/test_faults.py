@@ -1,7 +1,8 @@
 """Faults on the running lab fleet (`scripts/lab up 2`; scripts/test runs this
 between bringing the fleet up and cleaning it): an interrupted site.yml run
-converges when re-run, a package gone brings the package transaction back, a
-restarted node comes back whole, and cleanup after a crash leaves nothing behind.
+converges when re-run, a package gone brings the package transaction back, files
+changed by hand are put back, a restarted node comes back whole, and cleanup after
+a crash leaves nothing behind.
 
 fleet-node1 carries the lab client's tunnel; fleet-node2 takes the
 interruptions and the crash.
@@ -125,6 +126,37 @@ def test_a_missing_package_brings_the_transaction_back():
         on(node, "mv /root/dpkg-status /var/lib/dpkg/status")
     assert planned.returncode == 0, planned.stdout[-3000:]
     assert [t for t in changed_tasks(planned.stdout) if task in t], changed_tasks(planned.stdout)
+
+
+def test_files_changed_by_hand_are_put_back():
+    """The node's probe reads its parts' files once and their tasks answer from it on the controller; a file
+    changed by hand (content, mode, link, a program's bytes, one removed) is seen and written back."""
+    node = "fleet-node2"
+    files = {"unbound": "/etc/unbound/unbound.conf.d/higgs-vpn.conf",
+             "agent": "/usr/local/lib/higgs-nat/higgs-nat.pyz",
+             "shaping unit": "/etc/systemd/system/higgs-vpn-shaping@.service",
+             "clients": "/etc/wireguard/wg0.clients.json"}
+    token, textfile = "/etc/higgs-vpn/relay/token", "/var/lib/prometheus/node-exporter/higgs_vpn.prom"
+
+    def state() -> str:
+        return on(node, "sha256sum %s; stat -c '%%a %%U %%G' %s; readlink %s"
+                  % (" ".join(files.values()), token, textfile)).stdout
+
+    before = state()
+    on(node, "echo '# by hand' >> %(unbound)s; echo x >> %(agent)s; echo '# by hand' >> '%(shaping unit)s';"
+             " rm %(clients)s" % files + "; chmod 0644 %s; ln -sfn /tmp/elsewhere %s" % (token, textfile))
+    assert state() != before
+    again = playbook("playbooks/site.yml", "--limit", node)
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert state() == before
+    changed = changed_tasks(again.stdout)
+    for task in ("nat_traversal : Install the agent", "wireguard : Write the interface configuration",
+                 "dns_forwarder : Write the resolver configuration", "traffic_shaping : Install the unit",
+                 "relay_connector : Write the configuration directory", "metrics : Write the configuration"):
+        assert [t for t in changed if task in t], (task, changed)
+    quiet = playbook("playbooks/site.yml", "--limit", node)
+    assert quiet.returncode == 0, quiet.stdout[-3000:]
+    assert recap(quiet.stdout, node)["changed"] == 0, changed_tasks(quiet.stdout)
 
 
 def test_restarted_node_comes_back():

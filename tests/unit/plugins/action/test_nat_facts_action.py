@@ -36,7 +36,7 @@ def no_base_run(monkeypatch):
 @pytest.mark.parametrize(("text", "fact"), [(json.dumps(STATE), STATE), (None, None)])
 def test_a_state_read_already_is_the_fact_without_a_round_trip(text, fact):
     action = Action({"read": {_nat.DEFAULT_PATH: text, "/other": "x"}})
-    assert action.run(task_vars={}) == {"changed": False, "ansible_facts": {"higgs_nat": fact}}
+    assert action.run(task_vars={}) == {"changed": False, "ansible_facts": {"higgs_nat": fact}, "on_controller": True}
     assert action.executed == []
 
 

@@ -120,9 +120,10 @@ class Action(program.ActionModule):
         self._connection = self._play_context = self._loader = self._templar = None
 
     def validate_argument_spec(self, argument_spec=None, **kwargs):
-        return None, dict({"owner": None, "group": None, "mode": "0644"}, **self._task.args)
+        return None, dict({"owner": None, "group": None, "mode": "0644", "probed": None}, **self._task.args)
 
     def _execute_remote_stat(self, path, all_vars, follow, tmp=None, checksum=True):
+        assert self.stat is not None, "no remote stat expected"
         return self.stat
 
 
@@ -163,3 +164,33 @@ def test_bad_arguments_fail_the_task_before_the_node_is_asked(override, message)
     action = Action(dict(ARGS, **override), None)
     with pytest.raises(AnsibleActionFail, match=message):
         action._install({}, {})
+
+
+# what the node's probe read of the archive (host_probe's stats), when it is the one built
+PROBED = {"type": "file", "sha256": hashlib.sha256(DATA).hexdigest(), "mode": "0644", "uid": 0, "gid": 0,
+          "owner": "root", "group": "root"}
+
+
+def test_the_probe_having_read_the_same_archive_is_no_change_without_a_round_trip():
+    action = Action(dict(ARGS, probed={ARGS["dest"]: PROBED, "/other": None}), None)  # no stat allowed
+    result = action._install({}, {})
+    assert result["changed"] is False and result["on_controller"] is True and action.copies == []
+
+
+@pytest.mark.parametrize("record", [
+    None, dict(PROBED, sha256="0" * 64), dict(PROBED, mode="0600"), dict(PROBED, owner="nobody", uid=65534),
+    dict(PROBED, type="link", src="/elsewhere"), dict(PROBED, sha256=None),
+])
+def test_the_probe_having_read_another_file_copies_without_a_remote_stat(record):
+    action = Action(dict(ARGS, probed={ARGS["dest"]: record}), None, diff=True)  # no stat allowed
+    result = action._install({}, {})
+    assert result["changed"] is True and "on_controller" not in result
+    assert [copy["data"] for copy in action.copies] == [DATA]
+    assert result["diff"]["after"].startswith("sha256 %s\n" % PROBED["sha256"])
+    assert result["diff"]["before"] == ("sha256 %s\n" % record["sha256"] if record and record["sha256"] else "")
+
+
+def test_a_probe_that_did_not_read_the_archive_leaves_the_remote_stat_to_decide():
+    action = Action(dict(ARGS, probed={"/other": PROBED}), SAME)
+    result = action._install({}, {})
+    assert result["changed"] is False and "on_controller" not in result and action.copies == []

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import pwd
 
 import pytest
@@ -52,7 +54,7 @@ def test_missing_packages_in_the_order_asked(host):
 def test_nothing_asked_runs_nothing(host):
     result = run_main(host_probe, {})
     assert result == {"changed": False, "missing_packages": [], "modules": {}, "users": {}, "paths": [],
-                      "files": {}} and not host
+                      "files": {}, "stats": {}} and not host
 
 
 def test_accounts_paths_and_files(host, tmp_path, monkeypatch):
@@ -76,6 +78,25 @@ def test_accounts_paths_and_files(host, tmp_path, monkeypatch):
     assert result["files"] == {str(kept): "5b0d3c1e-8a43-4a8e-9d1c-6f1e2b3a4c5d\n", str(tmp_path / "missing"): None}
 
 
+def test_stats_of_files_directories_links_and_missing_paths_without_contents(host, tmp_path):
+    secret, conf_dir, link = tmp_path / "token", tmp_path / "relay", tmp_path / "higgs_vpn.prom"
+    secret.write_text("s3cret-token\n")
+    secret.chmod(0o640)
+    conf_dir.mkdir(mode=0o755)
+    conf_dir.chmod(0o755)
+    link.symlink_to("/run/higgs-vpn-metrics/higgs_vpn.prom")  # dangling: the link itself is read
+    result = run_main(host_probe, {"stats": [str(secret), str(conf_dir), str(link), str(tmp_path / "missing")]})
+    me = pwd.getpwuid(os.getuid()).pw_name
+    stats = result["stats"]
+    assert stats[str(secret)] == {"type": "file", "mode": "0640", "uid": os.getuid(), "gid": os.getgid(),
+                                  "owner": me, "group": stats[str(secret)]["group"],
+                                  "sha256": hashlib.sha256(b"s3cret-token\n").hexdigest()}
+    assert stats[str(conf_dir)]["type"] == "directory" and stats[str(conf_dir)]["mode"] == "0755"
+    assert stats[str(link)]["type"] == "link" and stats[str(link)]["src"] == "/run/higgs-vpn-metrics/higgs_vpn.prom"
+    assert stats[str(tmp_path / "missing")] is None
+    assert "s3cret" not in json.dumps(result) and not host  # no contents, no command
+
+
 def test_a_large_file_fails_naming_it(host, tmp_path):
     big = tmp_path / "big"
     big.write_text("x" * (host_probe.MAX_FILE + 1))
@@ -91,7 +112,7 @@ def test_dpkg_failing_otherwise_fails(host, monkeypatch):
 
 def test_documented_options_and_examples_match_the_argument_spec():
     doc = yaml.safe_load(host_probe.DOCUMENTATION)["options"]
-    assert set(doc) == {"facts", "packages", "modules", "users", "paths", "files"}
+    assert set(doc) == {"facts", "packages", "modules", "users", "paths", "files", "stats"}
     spec = {name: {"type": o["type"], **({"elements": o["elements"]} if "elements" in o else {}),
                    "default": o.get("default")} for name, o in doc.items()}
     for task in yaml.safe_load(host_probe.EXAMPLES):

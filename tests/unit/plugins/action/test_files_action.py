@@ -1,0 +1,76 @@
+"""Action of higgs.vpn.files: a task whose files the node's probe read as wanted makes no round trip."""
+
+from __future__ import annotations
+
+import hashlib
+from types import SimpleNamespace
+
+import pytest
+from ansible.plugins.action import ActionBase
+
+from ansible_collections.higgs.vpn.plugins.action import files
+
+UNIT = "[Service]\nExecStart=/bin/true\n"
+TOKEN = "s3cret\n"
+RECORDS = {
+    "/etc/higgs-vpn/relay": {"type": "directory", "mode": "0755", "uid": 0, "gid": 0, "owner": "root",
+                             "group": "root"},
+    "/etc/systemd/system/x.service": {"type": "file", "mode": "0644", "uid": 0, "gid": 0, "owner": "root",
+                                      "group": "root", "sha256": hashlib.sha256(UNIT.encode()).hexdigest()},
+    "/etc/higgs-vpn/relay/token": {"type": "file", "mode": "0640", "uid": 0, "gid": 998, "owner": "root",
+                                   "group": "higgs-relay", "sha256": hashlib.sha256(TOKEN.encode()).hexdigest()},
+    "/etc/higgs-vpn/relay/ca.pem": None,
+}
+ARGS = {
+    "files": [{"path": "/etc/higgs-vpn/relay", "state": "directory", "owner": "root", "mode": "0755"},
+              {"path": "/etc/systemd/system/x.service", "content": UNIT, "unit": True, "mode": "0644"},
+              {"path": "/etc/higgs-vpn/relay/ca.pem", "state": "absent"}],
+    "secret_files": [{"path": "/etc/higgs-vpn/relay/token", "content": TOKEN, "group": "higgs-relay",
+                      "mode": "0640"}],
+}
+REMOTE = {"changed": True, "changed_paths": ["/etc/systemd/system/x.service"]}
+
+
+class Action(files.ActionModule):
+    """The action with the remote side replaced by a recorder."""
+
+    def __init__(self, args, diff=False):  # no super().__init__: nothing of a real connection is used
+        self._task = SimpleNamespace(args=args, diff=diff)
+        self.executed = []
+
+    def _execute_module(self, module_name=None, module_args=None, task_vars=None, **kwargs):
+        self.executed.append((module_name, module_args))
+        return dict(REMOTE)
+
+
+@pytest.fixture(autouse=True)
+def no_base_run(monkeypatch):
+    monkeypatch.setattr(ActionBase, "run", lambda self, tmp=None, task_vars=None: {})
+
+
+@pytest.mark.parametrize("diff", [False, True])
+def test_every_entry_as_the_probe_read_it_is_no_change_without_a_round_trip(diff):
+    action = Action(dict(ARGS, probed=RECORDS), diff=diff)
+    wanted = {"changed": False, "changed_paths": [], "on_controller": True, **({"diff": []} if diff else {})}
+    assert action.run(task_vars={}) == wanted
+    assert action.executed == []
+
+
+@pytest.mark.parametrize("records", [
+    dict(RECORDS, **{"/etc/systemd/system/x.service": None}),                       # a file gone
+    dict(RECORDS, **{"/etc/higgs-vpn/relay/token": dict(RECORDS["/etc/higgs-vpn/relay/token"], mode="0644")}),
+    dict(RECORDS, **{"/etc/higgs-vpn/relay/ca.pem": RECORDS["/etc/systemd/system/x.service"]}),  # one to remove
+    {key: value for key, value in RECORDS.items() if key != "/etc/higgs-vpn/relay"},  # a path the probe did not read
+    {},
+])
+def test_one_entry_not_as_wanted_runs_the_module_without_the_record(records):
+    action = Action(dict(ARGS, probed=records))
+    assert action.run(task_vars={}) == REMOTE
+    assert action.executed == [("higgs.vpn.files", ARGS)]
+
+
+@pytest.mark.parametrize("args", [ARGS, dict(ARGS, probed=None), dict(ARGS, files="not a list", probed=RECORDS)])
+def test_without_a_usable_record_the_module_decides(args):
+    action = Action(args)
+    assert action.run(task_vars={}) == REMOTE
+    assert action.executed == [("higgs.vpn.files", {key: value for key, value in args.items() if key != "probed"})]
