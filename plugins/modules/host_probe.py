@@ -10,7 +10,8 @@ short_description: Read what a converge needs to know of a host in one call (fac
 version_added: 0.3.0
 description:
   - One round trip instead of one task per question. The node role asks it twice. In its preflight,
-    for the few facts its checks need (instead of the C(setup) module), whether the kernel features
+    for the few facts its checks need (instead of the C(setup) module), the egress (instead of
+    M(higgs.vpn.egress_facts)), whether the kernel features
     a node needs exist, and the client addresses handed out before. Before its package transaction,
     for what its parts would otherwise find out one task at a time. It reports the missing packages (the
     transaction runs only when one is missing), the system accounts that already exist (a part
@@ -22,7 +23,7 @@ author:
   - Higgs.net node engineering (!UNKNOWN)
 requirements:
   - C(dpkg-query) on the managed node when O(packages) is not empty.
-  - iproute2 with JSON output support (C(ip -j)) on the managed node when O(facts=true).
+  - iproute2 with JSON output support (C(ip -j)) on the managed node when O(facts=true) or O(egress=true).
 options:
   facts:
     description:
@@ -34,6 +35,13 @@ options:
         as C(_), C(ipv4) and C(ipv4_secondaries) with address and netmask, C(ipv6) with address,
         prefix and scope), the part of the network facts the roles read.
       - About a second less than C(setup) with the distribution, hardware and network subsets.
+    type: bool
+    default: false
+  egress:
+    description:
+      - Return the egress of each address family, as M(higgs.vpn.egress_facts) with its defaults and
+        no family required detects it from the main table's default routes, as the fact
+        C(higgs_egress) (V(null) for a family without a default route).
     type: bool
     default: false
   packages:
@@ -80,9 +88,10 @@ extends_documentation_fragment:
 """
 
 EXAMPLES = r"""
-- name: Read the facts the checks need, the kernel features and the client addresses handed out before
+- name: Read the facts the checks need, the egress, the kernel features and the client addresses handed out before
   higgs.vpn.host_probe:
     facts: true
+    egress: true
     paths: [/proc/sys/net/ipv4/ip_forward, /dev/net/tun]
     files: [/etc/wireguard/wg0.clients.json]
   register: host
@@ -99,8 +108,10 @@ EXAMPLES = r"""
 
 RETURN = r"""
 ansible_facts:
-  description: With O(facts=true), the facts named there.
-  returned: when O(facts=true)
+  description:
+    - With O(facts=true), the facts named there.
+    - With O(egress=true), C(higgs_egress) as M(higgs.vpn.egress_facts) returns it.
+  returned: when O(facts=true) or O(egress=true)
   type: dict
   sample:
     distribution: Debian
@@ -175,6 +186,8 @@ import pwd
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.facts.system.distribution import DistributionFactCollector
 
+from ansible_collections.higgs.vpn.plugins.module_utils import _iproute as iproute
+from ansible_collections.higgs.vpn.plugins.module_utils._egress import FAMILIES, gather
 from ansible_collections.higgs.vpn.plugins.module_utils._probed import stat
 
 MAX_FILE = 4 << 20
@@ -279,6 +292,7 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             facts=dict(type="bool", default=False),
+            egress=dict(type="bool", default=False),
             packages=dict(type="list", elements="str", default=[]),
             modules=dict(type="list", elements="str", default=[]),
             users=dict(type="list", elements="str", default=[]),
@@ -316,6 +330,14 @@ def main():
             module.fail_json(msg="cannot read %s: %s" % (path, exc))
     if params["facts"]:
         result["ansible_facts"] = host_facts(module)
+    if params["egress"]:
+        try:
+            egress = gather(module, FAMILIES, required=set())
+        except iproute.IpCommandError as exc:
+            module.fail_json(msg=str(exc), cmd=exc.cmd, rc=exc.rc, stdout=exc.stdout, stderr=exc.stderr)
+        except iproute.IpError as exc:
+            module.fail_json(msg=str(exc))
+        result.setdefault("ansible_facts", {})["higgs_egress"] = egress
     module.exit_json(**result)
 
 

@@ -16,7 +16,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.higgs.vpn.plugins.module_utils import _iproute as iproute
-from ansible_collections.higgs.vpn.plugins.modules import egress_facts
+from ansible_collections.higgs.vpn.plugins.modules import egress_facts, host_probe
 
 IP = "/usr/sbin/ip"
 CASES = yaml.safe_load(
@@ -192,3 +192,18 @@ def test_returned_keys_match_the_documentation():
         assert set(facts[family]["link"]) == set(family_doc["link"]["contains"])
     sample = ret["sample"]["higgs_egress"]["ipv4"]
     assert set(sample) == set(family_doc)
+
+
+@pytest.mark.parametrize("case_id", ["single_default_route_per_family", "no_default_route_not_required_is_null",
+                                     "blackhole_unreachable_prohibit_defaults_ignored"])
+def test_the_node_probe_detects_the_same_egress_in_its_one_call(monkeypatch, case_id):
+    """host_probe's egress option (the node's preflight) gives what egress_facts gives with required: []."""
+    case = next(c for c in CASES if c["id"] == case_id)
+    outcome, _ran, warnings = run_module(monkeypatch, {"required": []}, case["commands"])
+    with patch_module_args({"egress": True}), pytest.raises((ModuleExit, ModuleFail)) as probed:
+        host_probe.main()
+    assert isinstance(probed.value, ModuleExit), probed.value.args
+    assert isinstance(outcome, ModuleExit), outcome.args
+    assert probed.value.args[0]["ansible_facts"] == outcome.args[0]["ansible_facts"]
+    assert outcome.args[0]["ansible_facts"]["higgs_egress"] == case["facts"]
+    assert len(warnings) == 2 * len(case.get("warnings", []))  # the same warnings, once per module

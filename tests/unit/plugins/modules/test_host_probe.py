@@ -112,7 +112,7 @@ def test_dpkg_failing_otherwise_fails(host, monkeypatch):
 
 def test_documented_options_and_examples_match_the_argument_spec():
     doc = yaml.safe_load(host_probe.DOCUMENTATION)["options"]
-    assert set(doc) == {"facts", "packages", "modules", "users", "paths", "files", "stats"}
+    assert set(doc) == {"facts", "egress", "packages", "modules", "users", "paths", "files", "stats"}
     spec = {name: {"type": o["type"], **({"elements": o["elements"]} if "elements" in o else {}),
                    "default": o.get("default")} for name, o in doc.items()}
     for task in yaml.safe_load(host_probe.EXAMPLES):
