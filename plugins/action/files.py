@@ -24,10 +24,11 @@ class ActionModule(ActionBase):
         del tmp
         args = dict(self._task.args)
         probed = args.pop("probed", None)
+        key = args.pop("probed_key", None)
         entries = [*(args.get("secret_files") or []), *(args.get("files") or [])]
         if (isinstance(probed, dict) and isinstance(args.get("files", []), list)
                 and isinstance(args.get("secret_files", []), list)
-                and all(entry_satisfied(entry, probed) for entry in entries)):
+                and all(entry_satisfied(entry, probed, key) for entry in entries)):
             result.update(changed=False, changed_paths=[], on_controller=True)
             if self._task.diff:
                 result["diff"] = []

@@ -41,6 +41,7 @@ ARGUMENT_SPEC = {
     "group": {"type": "str"},
     "mode": {"type": "str", "default": "0644"},
     "probed": {"type": "dict"},
+    "probed_key": {"type": "str", "no_log": True},
 }
 
 IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
@@ -135,12 +136,10 @@ class ActionModule(ActionBase):
         probed = args["probed"]
         if probed is not None and dest in probed:
             record = probed[dest]
-            if program_satisfied(record, data, args["owner"], args["group"], mode):
+            if program_satisfied(record, data, args["owner"], args["group"], mode, args["probed_key"]):
                 result.update(changed=False, on_controller=True)
                 return result
-            known = record.get("sha256") if isinstance(record, dict) else None
-            before = "sha256 %s\n" % known if known else ""
-            after = "sha256 %s\n" % hashlib.sha256(data).hexdigest()
+            before = "present (another archive or other attributes)\n" if record else ""
         else:
             stat = self._execute_remote_stat(dest, all_vars=task_vars, follow=False)
             if (stat["exists"] and stat.get("isreg") and stat["checksum"] == checksum
@@ -150,7 +149,6 @@ class ActionModule(ActionBase):
                 result["changed"] = False
                 return result
             before = "sha1 %s\n" % stat["checksum"] if stat["exists"] else ""
-            after = "sha1 %s\n" % checksum
 
         local_dir = tempfile.mkdtemp(dir=C.DEFAULT_LOCAL_TMP)
         try:
@@ -172,5 +170,5 @@ class ActionModule(ActionBase):
         result["changed"] = bool(copied.get("changed"))
         if self._task.diff and result["changed"]:
             result["diff"] = {"before_header": dest, "after_header": "%s (%s)" % (dest, args["entry_point"]),
-                              "before": before, "after": after + listing(data)}
+                              "before": before, "after": "sha1 %s\n%s" % (checksum, listing(data))}
         return result

@@ -8,12 +8,17 @@ compare what a task wants with that record on the controller (:func:`entry_satis
 :func:`program_satisfied`): when everything is as wanted there is no round trip, otherwise the
 module does the work as without the record. Anything the record cannot answer for sure (no
 record of the path, a symbolic mode, a file too large to hash) counts as not as wanted.
+
+A record holds no contents, only a digest. With a key (the node makes one per run and keeps it out
+of the logs), the digest is an HMAC-SHA256, so that the digest of a secret file (a relay token) in
+a logged probe result cannot be checked against guesses.
 """
 
 from __future__ import annotations
 
 import grp
 import hashlib
+import hmac
 import os
 import pwd
 import re
@@ -31,12 +36,23 @@ def _name(lookup, ident):
         return None
 
 
-def stat(path):
+def hasher(key=None):
+    """A SHA-256 hash object, or an HMAC-SHA256 one with ``key``."""
+    return hmac.new(key.encode("utf-8"), digestmod=hashlib.sha256) if key else hashlib.sha256()
+
+
+def digest(data, key=None):
+    sha = hasher(key)
+    sha.update(data)
+    return sha.hexdigest()
+
+
+def stat(path, key=None):
     """The record of ``path`` (not following a last symbolic link), or None when nothing is there.
 
     ``type`` (file, directory, link or other), ``mode`` (four octal digits), ``uid``, ``gid``,
-    ``owner`` and ``group`` (names, None when unknown); a file's ``sha256`` (None above
-    :data:`MAX_HASH` bytes), a link's ``src``.
+    ``owner`` and ``group`` (names, None when unknown); a file's ``sha256`` (of its contents, an
+    HMAC-SHA256 with ``key``; None above :data:`MAX_HASH` bytes), a link's ``src``.
     """
     try:
         info = os.lstat(path)
@@ -49,14 +65,14 @@ def stat(path):
     elif st.S_ISDIR(info.st_mode):
         record["type"] = "directory"
     elif st.S_ISREG(info.st_mode):
-        digest = None
+        hexdigest = None
         if info.st_size <= MAX_HASH:
-            sha = hashlib.sha256()
+            sha = hasher(key)
             with open(path, "rb") as handle:
                 for block in iter(lambda: handle.read(1 << 20), b""):
                     sha.update(block)
-            digest = sha.hexdigest()
-        record.update(type="file", sha256=digest)
+            hexdigest = sha.hexdigest()
+        record.update(type="file", sha256=hexdigest)
     else:
         record["type"] = "other"
     return record
@@ -82,8 +98,8 @@ def attributes_satisfied(record, owner, group, mode):
     return group is None or str(group) in (record["group"], str(record["gid"]))
 
 
-def entry_satisfied(entry, records):
-    """Whether the ``files`` entry (as given, before defaults) is as wanted according to ``records``."""
+def entry_satisfied(entry, records, key=None):
+    """Whether the ``files`` entry (as given, before defaults) is as wanted by ``records`` (read with ``key``)."""
     if not isinstance(entry, dict):
         return False
     path = entry.get("path")
@@ -101,8 +117,8 @@ def entry_satisfied(entry, records):
         kind = record.get("type") == "directory"
     elif state == "file":
         content = entry.get("content")
-        kind = (isinstance(content, str) and record.get("type") == "file" and record.get("sha256") is not None
-                and record["sha256"] == hashlib.sha256(content.encode("utf-8")).hexdigest())
+        kind = (isinstance(content, str) and record.get("type") == "file" and isinstance(record.get("sha256"), str)
+                and hmac.compare_digest(record["sha256"], digest(content.encode("utf-8"), key)))
     else:
         return False
     try:
@@ -111,12 +127,12 @@ def entry_satisfied(entry, records):
         return False
 
 
-def program_satisfied(record, data, owner, group, mode):
-    """Whether ``record`` is a regular file holding ``data`` with those attributes."""
-    if not isinstance(record, dict) or record.get("type") != "file":
+def program_satisfied(record, data, owner, group, mode, key=None):
+    """Whether ``record`` (read with ``key``) is a regular file holding ``data`` with those attributes."""
+    if not isinstance(record, dict) or record.get("type") != "file" or not isinstance(record.get("sha256"), str):
         return False
     try:
-        return (record.get("sha256") == hashlib.sha256(data).hexdigest()
+        return (hmac.compare_digest(record["sha256"], digest(data, key))
                 and attributes_satisfied(record, owner, group, mode))
     except (KeyError, TypeError, ValueError):
         return False

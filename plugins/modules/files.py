@@ -109,6 +109,9 @@ options:
         writes on the node as without it.
       - Give only what was read in this run before any task that may change these paths.
     type: dict
+  probed_key:
+    description: The RV(higgs.vpn.host_probe#module:stats) key O(probed) was read with, if any. Never logged.
+    type: str
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - ansible.builtin.action_common_attributes.flow
@@ -159,6 +162,7 @@ EXAMPLES = r"""
         mode: "0640"
     # read by host_probe earlier in the run (its stats): no round trip when nothing differs
     probed: "{{ probe.stats }}"
+    probed_key: "{{ stats_key }}"
   notify: relay_connector changed
 """
 
@@ -275,8 +279,9 @@ def main():
             files=dict(type="list", elements="dict", default=[], options=ENTRY),
             # the paths are no secret; each entry's content is (no_log in SECRET_ENTRY)
             secret_files=dict(type="list", elements="dict", default=[], options=SECRET_ENTRY, no_log=False),
-            # used by the action only (it does not reach the module)
+            # used by the action only (they do not reach the module)
             probed=dict(type="dict"),
+            probed_key=dict(type="str", no_log=True),
         ),
         supports_check_mode=True,
     )

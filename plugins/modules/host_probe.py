@@ -78,10 +78,17 @@ options:
         The actions of M(higgs.vpn.files) and M(higgs.vpn.program) compare their files with it on
         the controller (their O(higgs.vpn.files#module:probed) option) and make no round trip for
         files that are as wanted.
-      - Only the SHA-256 of a file is returned, never its contents; a secret file may be given.
+      - Only a digest of a file is returned, never its contents. Give O(stats_key) when a secret file
+        is among them.
     type: list
     elements: path
     default: []
+  stats_key:
+    description:
+      - With it, a file's digest in RV(stats) is an HMAC-SHA256 with this key instead of its SHA-256, so
+        that the digest of a secret file, in a logged result, cannot be checked against guesses. The
+        node role makes one per run. Never logged.
+    type: str
 extends_documentation_fragment:
   - higgs.vpn.no_diff
   - ansible.builtin.action_common_attributes
@@ -163,7 +170,7 @@ stats:
     - The state of each of O(stats), V(null) when nothing is there (a last symbolic link is not
       followed). C(type) (V(file), V(directory), V(link) or V(other)), C(mode) (four octal digits),
       C(uid), C(gid), C(owner) and C(group) (names, V(null) when unknown); a file's C(sha256)
-      (V(null) above 64 MiB), a link's C(src).
+      (of its contents, an HMAC-SHA256 with O(stats_key); V(null) above 64 MiB), a link's C(src).
   returned: always
   type: dict
   sample:
@@ -299,6 +306,7 @@ def main():
             paths=dict(type="list", elements="path", default=[]),
             files=dict(type="list", elements="path", default=[]),
             stats=dict(type="list", elements="path", default=[]),
+            stats_key=dict(type="str", no_log=True),
         ),
         supports_check_mode=True,
     )
@@ -325,7 +333,7 @@ def main():
     )
     for path in params["stats"]:
         try:
-            result["stats"][path] = stat(path)
+            result["stats"][path] = stat(path, params["stats_key"])
         except OSError as exc:
             module.fail_json(msg="cannot read %s: %s" % (path, exc))
     if params["facts"]:

@@ -58,6 +58,9 @@ options:
         a remote stat decides.
       - Give only what was read in this run before any task that may change O(dest).
     type: dict
+  probed_key:
+    description: The RV(higgs.vpn.host_probe#module:stats) key O(probed) was read with, if any. Never logged.
+    type: str
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - ansible.builtin.action_common_attributes.flow
@@ -73,8 +76,8 @@ attributes:
   diff_mode:
     support: full
     details:
-      - The diff shows the SHA-1 of the installed archive and, for the new one, its SHA-1 and its entries
-        (the SHA-256 with O(probed)).
+      - The diff shows the SHA-1 of the installed archive (with O(probed), only that one is there) and, for
+        the new one, its SHA-1 and its entries.
   platform:
     support: full
     platforms: posix

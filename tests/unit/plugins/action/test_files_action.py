@@ -9,6 +9,7 @@ import pytest
 from ansible.plugins.action import ActionBase
 
 from ansible_collections.higgs.vpn.plugins.action import files
+from ansible_collections.higgs.vpn.plugins.module_utils import _probed
 
 UNIT = "[Service]\nExecStart=/bin/true\n"
 TOKEN = "s3cret\n"
@@ -74,3 +75,17 @@ def test_without_a_usable_record_the_module_decides(args):
     action = Action(args)
     assert action.run(task_vars={}) == REMOTE
     assert action.executed == [("higgs.vpn.files", {key: value for key, value in args.items() if key != "probed"})]
+
+
+
+def test_a_record_read_with_a_key_is_compared_with_that_key():
+    """The probe's digests are HMACs with the run's key: the action needs that key to match them."""
+    keyed = dict(RECORDS)
+    for path, content in (("/etc/systemd/system/x.service", UNIT), ("/etc/higgs-vpn/relay/token", TOKEN)):
+        keyed[path] = dict(RECORDS[path], sha256=_probed.digest(content.encode(), "run-key"))
+    action = Action(dict(ARGS, probed=keyed, probed_key="run-key"))
+    assert action.run(task_vars={})["on_controller"] is True and action.executed == []
+    for key in (None, "another"):
+        action = Action(dict(ARGS, probed=keyed, probed_key=key))
+        assert action.run(task_vars={}) == REMOTE
+        assert action.executed == [("higgs.vpn.files", ARGS)]  # neither the record nor the key reach the module

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import io
 import os
 import re
@@ -120,7 +121,8 @@ class Action(program.ActionModule):
         self._connection = self._play_context = self._loader = self._templar = None
 
     def validate_argument_spec(self, argument_spec=None, **kwargs):
-        return None, dict({"owner": None, "group": None, "mode": "0644", "probed": None}, **self._task.args)
+        return None, dict({"owner": None, "group": None, "mode": "0644", "probed": None, "probed_key": None},
+                          **self._task.args)
 
     def _execute_remote_stat(self, path, all_vars, follow, tmp=None, checksum=True):
         assert self.stat is not None, "no remote stat expected"
@@ -186,11 +188,19 @@ def test_the_probe_having_read_another_file_copies_without_a_remote_stat(record)
     result = action._install({}, {})
     assert result["changed"] is True and "on_controller" not in result
     assert [copy["data"] for copy in action.copies] == [DATA]
-    assert result["diff"]["after"].startswith("sha256 %s\n" % PROBED["sha256"])
-    assert result["diff"]["before"] == ("sha256 %s\n" % record["sha256"] if record and record["sha256"] else "")
+    assert result["diff"]["after"].startswith("sha1 %s\n" % hashlib.sha1(DATA).hexdigest())
+    assert result["diff"]["before"] == ("present (another archive or other attributes)\n" if record else "")
 
 
 def test_a_probe_that_did_not_read_the_archive_leaves_the_remote_stat_to_decide():
     action = Action(dict(ARGS, probed={"/other": PROBED}), SAME)
     result = action._install({}, {})
     assert result["changed"] is False and "on_controller" not in result and action.copies == []
+
+
+def test_a_record_read_with_the_runs_key_needs_that_key():
+    keyed = dict(PROBED, sha256=hmac.new(b"run-key", DATA, hashlib.sha256).hexdigest())
+    action = Action(dict(ARGS, probed={ARGS["dest"]: keyed}, probed_key="run-key"), None)
+    assert action._install({}, {})["on_controller"] is True and action.copies == []
+    action = Action(dict(ARGS, probed={ARGS["dest"]: keyed}), None)
+    assert action._install({}, {})["changed"] is True and len(action.copies) == 1

@@ -83,3 +83,17 @@ def test_stat_reads_what_the_entries_are_compared_with(tmp_path):
     assert _probed.stat(str(path / "below-a-file")) is None
     os.mkfifo(tmp_path / "fifo")
     assert _probed.stat(str(tmp_path / "fifo"))["type"] == "other"
+
+
+def test_a_keyed_record_matches_with_its_key_only(tmp_path):
+    """The node reads digests as HMACs with a key of the run: a logged digest of a secret is worth nothing."""
+    path = tmp_path / "token"
+    path.write_text("s3cret\n")
+    keyed = _probed.stat(str(path), key="run-key")
+    assert keyed["sha256"] not in (hashlib.sha256(b"s3cret\n").hexdigest(), _probed.stat(str(path))["sha256"])
+    entry = {"path": str(path), "content": "s3cret\n"}
+    assert _probed.entry_satisfied(entry, {str(path): keyed}, key="run-key")
+    assert not _probed.entry_satisfied(entry, {str(path): keyed})
+    assert not _probed.entry_satisfied(entry, {str(path): keyed}, key="another")
+    assert _probed.program_satisfied(keyed, b"s3cret\n", None, None, _probed.stat(str(path))["mode"], "run-key")
+    assert not _probed.program_satisfied(keyed, b"s3cret\n", None, None, keyed["mode"])

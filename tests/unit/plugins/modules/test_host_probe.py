@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 import pwd
@@ -95,6 +96,8 @@ def test_stats_of_files_directories_links_and_missing_paths_without_contents(hos
     assert stats[str(link)]["type"] == "link" and stats[str(link)]["src"] == "/run/higgs-vpn-metrics/higgs_vpn.prom"
     assert stats[str(tmp_path / "missing")] is None
     assert "s3cret" not in json.dumps(result) and not host  # no contents, no command
+    keyed = run_main(host_probe, {"stats": [str(secret)], "stats_key": "run-key"})["stats"][str(secret)]
+    assert keyed == dict(stats[str(secret)], sha256=hmac.new(b"run-key", b"s3cret-token\n", hashlib.sha256).hexdigest())
 
 
 def test_a_large_file_fails_naming_it(host, tmp_path):
@@ -112,7 +115,7 @@ def test_dpkg_failing_otherwise_fails(host, monkeypatch):
 
 def test_documented_options_and_examples_match_the_argument_spec():
     doc = yaml.safe_load(host_probe.DOCUMENTATION)["options"]
-    assert set(doc) == {"facts", "egress", "packages", "modules", "users", "paths", "files", "stats"}
+    assert set(doc) == {"facts", "egress", "packages", "modules", "users", "paths", "files", "stats", "stats_key"}
     spec = {name: {"type": o["type"], **({"elements": o["elements"]} if "elements" in o else {}),
                    "default": o.get("default")} for name, o in doc.items()}
     for task in yaml.safe_load(host_probe.EXAMPLES):
