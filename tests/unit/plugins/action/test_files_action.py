@@ -77,7 +77,6 @@ def test_without_a_usable_record_the_module_decides(args):
     assert action.executed == [("higgs.vpn.files", {key: value for key, value in args.items() if key != "probed"})]
 
 
-
 def test_a_record_read_with_a_key_is_compared_with_that_key():
     """The probe's digests are HMACs with the run's key: the action needs that key to match them."""
     keyed = dict(RECORDS)
