@@ -23,6 +23,7 @@ author:
   - Higgs.net node engineering (!UNKNOWN)
 requirements:
   - C(dpkg-query) on the managed node when O(packages) is not empty.
+  - C(systemctl) on the managed node when O(units) is not empty.
   - iproute2 with JSON output support (C(ip -j)) on the managed node when O(facts=true) or O(egress=true).
 options:
   facts:
@@ -83,6 +84,24 @@ options:
     type: list
     elements: path
     default: []
+  units:
+    description:
+      - systemd units whose state is wanted (RV(units)), read with one C(systemctl show), for example
+        every unit the parts of a node run. The action of M(higgs.vpn.service_state) compares its
+        units with it on the controller (its O(higgs.vpn.service_state#module:probed) option).
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      name:
+        description: The unit, e.g. C(unbound.service).
+        type: str
+        required: true
+      paths:
+        description: Its files, as M(higgs.vpn.service_state) is given them (a running unit older than one is stale).
+        type: list
+        elements: path
+        default: []
   stats_key:
     description:
       - With it, a file's digest in RV(stats) is an HMAC-SHA256 with this key instead of its SHA-256, so
@@ -110,6 +129,9 @@ EXAMPLES = r"""
     paths: [/etc/higgs-vpn/metrics/exporter-before.json]
     files: [/etc/higgs-vpn/relay/node-id]
     stats: [/etc/higgs-vpn/relay, /etc/higgs-vpn/relay/connector.json]
+    units:
+      - name: higgs-relay-connector.service
+        paths: [/etc/higgs-vpn/relay/connector.json]
   register: probe
 """
 
@@ -165,6 +187,21 @@ files:
   returned: always
   type: dict
   sample: {/etc/higgs-vpn/relay/node-id: "5b0d3c1e-8a43-4a8e-9d1c-6f1e2b3a4c5d\n"}
+units:
+  description:
+    - Per unit of O(units), what M(higgs.vpn.service_state) would act on - C(enabled) (enabled, static
+      or otherwise started at boot), C(active) (active, activating or reloading), C(need_reload) (its
+      unit file changed on disk since systemd read it), C(stale) (the ones of C(paths) modified after
+      an active unit started) and the C(paths) checked.
+  returned: always
+  type: dict
+  sample:
+    higgs-relay-connector.service:
+      enabled: true
+      active: true
+      need_reload: false
+      paths: [/etc/higgs-vpn/relay/connector.json]
+      stale: []
 stats:
   description:
     - The state of each of O(stats), V(null) when nothing is there (a last symbolic link is not
@@ -196,6 +233,7 @@ from ansible.module_utils.facts.system.distribution import DistributionFactColle
 from ansible_collections.higgs.vpn.plugins.module_utils import _iproute as iproute
 from ansible_collections.higgs.vpn.plugins.module_utils._egress import FAMILIES, gather
 from ansible_collections.higgs.vpn.plugins.module_utils._probed import stat
+from ansible_collections.higgs.vpn.plugins.module_utils._systemd import record, show
 
 MAX_FILE = 4 << 20
 MEMINFO = "/proc/meminfo"
@@ -307,6 +345,10 @@ def main():
             files=dict(type="list", elements="path", default=[]),
             stats=dict(type="list", elements="path", default=[]),
             stats_key=dict(type="str", no_log=True),
+            units=dict(type="list", elements="dict", default=[], options=dict(
+                name=dict(type="str", required=True),
+                paths=dict(type="list", elements="path", default=[]),
+            )),
         ),
         supports_check_mode=True,
     )
@@ -330,7 +372,11 @@ def main():
         paths=[path for path in params["paths"] if os.path.lexists(path)],
         files={path: read_small(module, path) for path in params["files"]},
         stats={},
+        units={},
     )
+    if params["units"]:
+        states = show(module, module.get_bin_path("systemctl", required=True), [u["name"] for u in params["units"]])
+        result["units"] = {u["name"]: record(u["paths"], state) for u, state in zip(params["units"], states)}
     for path in params["stats"]:
         try:
             result["stats"][path] = stat(path, params["stats_key"])

@@ -49,9 +49,28 @@ options:
     description: Reload the systemd manager before anything else (a unit file was just written).
     type: bool
     default: false
+  probed:
+    description:
+      - What was read of these units earlier in the same run, by name, as
+        RV(higgs.vpn.host_probe#module:units) returns it (the node role passes what its probe read).
+      - When none of the units needs anything according to it (for the same O(units[].paths)) and
+        O(daemon_reload) is not set, the action answers on the controller without a round trip.
+        Otherwise the module reads and acts on the node as without it.
+      - Give it only when nothing in the run since the probe may have changed these units or their
+        files (the node role gives it to a part whose files and program did not change in the run).
+    type: dict
 extends_documentation_fragment:
   - higgs.vpn.no_diff
   - ansible.builtin.action_common_attributes
+  - ansible.builtin.action_common_attributes.flow
+attributes:
+  action:
+    support: full
+    details: Answers on the controller when O(probed) shows that no unit needs anything.
+  async:
+    support: none
+  bypass_host_loop:
+    support: none
 """
 
 EXAMPLES = r"""
@@ -65,6 +84,11 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+on_controller:
+  description: V(true) when the action answered on the controller from O(probed), without a round trip.
+  returned: when true
+  type: bool
+  sample: true
 daemon_reloaded:
   description: Whether the systemd manager was (or, in check mode, would be) reloaded.
   returned: always
@@ -94,44 +118,7 @@ stale_paths:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.higgs.vpn.plugins.module_utils._systemd import stale_paths
-
-PROPERTIES = ("Id", "UnitFileState", "ActiveState", "ActiveEnterTimestampMonotonic", "NeedDaemonReload")
-# what `systemctl is-enabled` answers with exit status 0
-ENABLED = frozenset({"enabled", "enabled-runtime", "static", "alias", "indirect", "generated"})
-ACTIVE = frozenset({"active", "reloading", "activating"})
-
-
-def show(module, systemctl, names):
-    """The properties of every unit, in the order of ``names`` (one systemctl call)."""
-    rc, out, err = module.run_command([systemctl, "show", "--property", ",".join(PROPERTIES), "--", *names],
-                                      environ_update={"LANG": "C"})
-    if rc:
-        module.fail_json(msg="systemctl show %s failed: %s" % (" ".join(names), err.strip()),
-                         rc=rc, stdout=out, stderr=err)
-    states = [dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
-              for block in out.strip().split("\n\n")]
-    if len(states) != len(names):
-        module.fail_json(msg="systemctl show answered for %d units, not %d" % (len(states), len(names)),
-                         stdout=out)
-    return states
-
-
-def plan(units, states):
-    """(enable, start, restart with their stale paths) for the units as they are."""
-    enable, start, stale = [], [], {}
-    for unit, state in zip(units, states):
-        name = unit["name"]
-        if unit["enabled"] and state.get("UnitFileState") not in ENABLED:
-            enable.append(name)
-        if state.get("ActiveState") not in ACTIVE:
-            if unit["started"]:
-                start.append(name)
-            continue
-        paths = stale_paths(unit["paths"], state)
-        if paths:
-            stale[name] = paths
-    return enable, start, stale
+from ansible_collections.higgs.vpn.plugins.module_utils._systemd import plan, show
 
 
 def main():
@@ -144,6 +131,8 @@ def main():
                 paths=dict(type="list", elements="path", default=[]),
             )),
             daemon_reload=dict(type="bool", default=False),
+            # used by the action only (it does not reach the module)
+            probed=dict(type="dict"),
         ),
         supports_check_mode=True,
     )

@@ -55,7 +55,7 @@ def test_missing_packages_in_the_order_asked(host):
 def test_nothing_asked_runs_nothing(host):
     result = run_main(host_probe, {})
     assert result == {"changed": False, "missing_packages": [], "modules": {}, "users": {}, "paths": [],
-                      "files": {}, "stats": {}} and not host
+                      "files": {}, "stats": {}, "units": {}} and not host
 
 
 def test_accounts_paths_and_files(host, tmp_path, monkeypatch):
@@ -115,7 +115,8 @@ def test_dpkg_failing_otherwise_fails(host, monkeypatch):
 
 def test_documented_options_and_examples_match_the_argument_spec():
     doc = yaml.safe_load(host_probe.DOCUMENTATION)["options"]
-    assert set(doc) == {"facts", "egress", "packages", "modules", "users", "paths", "files", "stats", "stats_key"}
+    assert set(doc) == {"facts", "egress", "packages", "modules", "users", "paths", "files", "stats", "stats_key",
+                        "units"}
     spec = {name: {"type": o["type"], **({"elements": o["elements"]} if "elements" in o else {}),
                    "default": o.get("default")} for name, o in doc.items()}
     for task in yaml.safe_load(host_probe.EXAMPLES):

@@ -9,7 +9,8 @@ import pytest
 from ansible.module_utils.basic import AnsibleModule
 from module_run import run_main, stop_at_exit
 
-from ansible_collections.higgs.vpn.plugins.modules import service_state
+from ansible_collections.higgs.vpn.plugins.module_utils import _systemd
+from ansible_collections.higgs.vpn.plugins.modules import host_probe, service_state
 
 
 @pytest.fixture
@@ -96,3 +97,40 @@ def test_started_false_leaves_a_stopped_unit_stopped(systemd):
 
 def test_no_units_is_an_error(systemd):
     assert run({"units": []})["failed"]
+
+
+SETUPS = [
+    ({}, {}, 60),                                        # running, enabled, older files: nothing to do
+    ({"file": "disabled"}, {}, 60),                      # to enable
+    ({"file": "static"}, {}, 60),                        # static counts as enabled
+    ({"active": "inactive"}, {}, 60),                    # to start
+    ({"active": "inactive"}, {"started": False}, 60),    # stays stopped: nothing to do
+    ({"active": "activating"}, {}, 60),                  # counts as running
+    ({}, {}, 1),                                         # a file newer than the start: to restart
+    ({"reload": "yes"}, {}, 60),                         # to reload
+    ({"file": "disabled"}, {"enabled": False}, 60),      # stays disabled: nothing to do
+]
+
+
+@pytest.mark.parametrize(("unit", "wanted", "age"), SETUPS)
+def test_the_probes_record_answers_as_the_module_would(systemd, tmp_path, unit, wanted, age):
+    """host_probe's record and the action's check agree with the module: nothing to do when it changes nothing."""
+    units, _commands = systemd
+    units["b.service"] = dict(unit, started=10.0)
+    conf = touch(tmp_path / "b.conf", age=age)
+    task = {"name": "b.service", "paths": [conf], **wanted}
+    records = run_main(host_probe, {"units": [{"name": "b.service", "paths": [conf]}]})["units"]
+    assert records["b.service"]["paths"] == [conf]
+    assert _systemd.satisfied(task, records) is (run({"units": [task]})["changed"] is False)
+
+
+def test_a_record_for_other_paths_or_another_unit_answers_nothing(systemd, tmp_path):
+    units, _commands = systemd
+    units["b.service"] = {}
+    conf = touch(tmp_path / "b.conf", age=60)
+    records = run_main(host_probe, {"units": [{"name": "b.service", "paths": [conf]}]})["units"]
+    assert _systemd.satisfied({"name": "b.service", "paths": [conf]}, records)
+    assert not _systemd.satisfied({"name": "b.service"}, records)
+    assert not _systemd.satisfied({"name": "b.service", "paths": [conf, conf + ".d"]}, records)
+    assert not _systemd.satisfied({"name": "c.service", "paths": [conf]}, records)
+    assert not _systemd.satisfied("b.service", records)
