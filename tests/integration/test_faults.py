@@ -1,8 +1,8 @@
 """Faults on the running lab fleet (`scripts/lab up 2`; scripts/test runs this
 between bringing the fleet up and cleaning it): an interrupted site.yml run
 converges when re-run, a package gone brings the package transaction back, files
-changed by hand are put back, a restarted node comes back whole, and cleanup after
-a crash leaves nothing behind.
+changed and units stopped by hand are put back, a restarted node comes back whole,
+and cleanup after a crash leaves nothing behind.
 
 fleet-node1 carries the lab client's tunnel; fleet-node2 takes the
 interruptions and the crash.
@@ -153,6 +153,27 @@ def test_files_changed_by_hand_are_put_back():
     for task in ("nat_traversal : Install the agent", "wireguard : Write the interface configuration",
                  "dns_forwarder : Write the resolver configuration", "traffic_shaping : Install the unit",
                  "relay_connector : Write the configuration directory", "metrics : Write the configuration"):
+        assert [t for t in changed if task in t], (task, changed)
+    quiet = playbook("playbooks/site.yml", "--limit", node)
+    assert quiet.returncode == 0, quiet.stdout[-3000:]
+    assert recap(quiet.stdout, node)["changed"] == 0, changed_tasks(quiet.stdout)
+
+
+def test_units_stopped_or_disabled_by_hand_are_started_again():
+    """The probe reads the parts' units once and their service tasks answer from it on the controller; a unit
+    stopped or disabled by hand, or running older files than it should, is seen and put right."""
+    node = "fleet-node2"
+    on(node, "systemctl stop unbound.service higgs-relay-connector.service && systemctl disable --now higgs-nat.timer"
+             " && systemctl disable higgs-vpn-metrics.timer && touch /etc/wireguard/wg0.conf")
+    again = playbook("playbooks/site.yml", "--limit", node)
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert on(node, "systemctl is-active unbound.service higgs-relay-connector.service higgs-nat.timer"
+                    " higgs-vpn-metrics.timer wg-quick@wg0.service", check=False).stdout.split() == ["active"] * 5
+    assert on(node, "systemctl is-enabled higgs-nat.timer higgs-vpn-metrics.timer").stdout.split() == ["enabled"] * 2
+    changed = changed_tasks(again.stdout)
+    for task in ("dns_forwarder : Start unbound", "relay_connector : Enable and start the connector",
+                 "nat_traversal : Renew the mapping", "metrics : Run the collector on schedule",
+                 "wireguard : Start the interface"):  # the last: its configuration is newer than the interface
         assert [t for t in changed if task in t], (task, changed)
     quiet = playbook("playbooks/site.yml", "--limit", node)
     assert quiet.returncode == 0, quiet.stdout[-3000:]
