@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-from types import SimpleNamespace
 
 import pytest
-from ansible.plugins.action import ActionBase
+from action_run import recording
 
 from ansible_collections.higgs.vpn.plugins.action import files
 from ansible_collections.higgs.vpn.plugins.module_utils import _probed
@@ -32,21 +31,8 @@ ARGS = {
 REMOTE = {"changed": True, "changed_paths": ["/etc/systemd/system/x.service"]}
 
 
-class Action(files.ActionModule):
-    """The action with the remote side replaced by a recorder."""
-
-    def __init__(self, args, diff=False):  # no super().__init__: nothing of a real connection is used
-        self._task = SimpleNamespace(args=args, diff=diff)
-        self.executed = []
-
-    def _execute_module(self, module_name=None, module_args=None, task_vars=None, **kwargs):
-        self.executed.append((module_name, module_args))
-        return dict(REMOTE)
-
-
-@pytest.fixture(autouse=True)
-def no_base_run(monkeypatch):
-    monkeypatch.setattr(ActionBase, "run", lambda self, tmp=None, task_vars=None: {})
+Action = recording(files.ActionModule, REMOTE)
+pytestmark = pytest.mark.usefixtures("no_base_run")
 
 
 @pytest.mark.parametrize("diff", [False, True])

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import pytest
-from ansible.plugins.action import ActionBase
+from action_run import recording
 
 from ansible_collections.higgs.vpn.plugins.action import nat_facts
 from ansible_collections.higgs.vpn.plugins.module_utils import _nat
@@ -16,21 +15,8 @@ STATE = {"route": "direct", "endpoint": "11.47.0.1:51820", "nat_type": "FullCone
 REMOTE = {"changed": False, "ansible_facts": {"higgs_nat": "read on the node"}}
 
 
-class Action(nat_facts.ActionModule):
-    """The action with the remote side replaced by a recorder."""
-
-    def __init__(self, args):  # no super().__init__: nothing of a real connection is used
-        self._task = SimpleNamespace(args=args)
-        self.executed = []
-
-    def _execute_module(self, module_name=None, module_args=None, task_vars=None, **kwargs):
-        self.executed.append((module_name, module_args))
-        return dict(REMOTE)
-
-
-@pytest.fixture(autouse=True)
-def no_base_run(monkeypatch):
-    monkeypatch.setattr(ActionBase, "run", lambda self, tmp=None, task_vars=None: {})
+Action = recording(nat_facts.ActionModule, REMOTE)
+pytestmark = pytest.mark.usefixtures("no_base_run")
 
 
 @pytest.mark.parametrize(("text", "fact"), [(json.dumps(STATE), STATE), (None, None)])

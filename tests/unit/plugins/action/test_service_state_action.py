@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
-from ansible.plugins.action import ActionBase
+from action_run import recording
 
 from ansible_collections.higgs.vpn.plugins.action import service_state
 
@@ -17,21 +15,8 @@ REMOTE = {"changed": True, "daemon_reloaded": False, "enabled": [], "started": [
           "stale_paths": {"unbound.service": [CONF]}}
 
 
-class Action(service_state.ActionModule):
-    """The action with the remote side replaced by a recorder."""
-
-    def __init__(self, args):  # no super().__init__: nothing of a real connection is used
-        self._task = SimpleNamespace(args=args)
-        self.executed = []
-
-    def _execute_module(self, module_name=None, module_args=None, task_vars=None, **kwargs):
-        self.executed.append((module_name, module_args))
-        return dict(REMOTE)
-
-
-@pytest.fixture(autouse=True)
-def no_base_run(monkeypatch):
-    monkeypatch.setattr(ActionBase, "run", lambda self, tmp=None, task_vars=None: {})
+Action = recording(service_state.ActionModule, REMOTE)
+pytestmark = pytest.mark.usefixtures("no_base_run")
 
 
 @pytest.mark.parametrize("reload_arg", [{}, {"daemon_reload": False}, {"daemon_reload": "no"}])
