@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 import time
 
+from ansible.module_utils.parsing.convert_bool import boolean
+
 
 def started_at(state):
     """Wall-clock time the unit entered the active state (systemd keeps it on CLOCK_MONOTONIC)."""
@@ -73,12 +75,9 @@ def record(paths, state):
             "stale": stale_paths(paths, state) if active else []}
 
 
-def _flag(value, default):
-    if value is None:
-        return default
-    if isinstance(value, bool):
-        return value
-    return str(value).lower() in ("1", "true", "yes", "on", "y")
+def _flag(value):
+    """A unit's enabled or started as given (before the module's defaults, both true)."""
+    return True if value is None else boolean(value, strict=False)
 
 
 def satisfied(unit, records):
@@ -92,8 +91,8 @@ def satisfied(unit, records):
     paths = unit.get("paths") or []
     if not isinstance(rec, dict) or not isinstance(paths, list) or rec.get("paths") != paths:
         return False
-    if rec.get("need_reload") is not False or (_flag(unit.get("enabled"), True) and rec.get("enabled") is not True):
+    if rec.get("need_reload") is not False or (_flag(unit.get("enabled")) and rec.get("enabled") is not True):
         return False
     if rec.get("active") is not True:
-        return not _flag(unit.get("started"), True)
+        return not _flag(unit.get("started"))
     return rec.get("stale") == []
